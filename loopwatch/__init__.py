@@ -1,0 +1,25 @@
+"""loopwatch: see inside running asyncio programs, in production, in tests and at shutdown."""
+
+from ._awaits import Awaiting as Awaiting
+from ._exceptions import ConsoleError as ConsoleError
+from ._exceptions import LoopLeakError as LoopLeakError
+from ._exceptions import LoopwatchError as LoopwatchError
+from ._exceptions import NotWatchedError as NotWatchedError
+from ._exceptions import OptionsError as OptionsError
+from ._frames import Frame as Frame
+from ._loops import WatchedEventLoop as WatchedEventLoop
+from ._loops import WatchedEventLoopPolicy as WatchedEventLoopPolicy
+from ._loops import attach as attach
+from ._loops import install as install
+from ._loops import loop_factory as loop_factory
+from ._loops import run as run
+from ._loops import watcher as watcher
+from ._options import Options as Options
+from ._report import KINDS as KINDS
+from ._report import Finding as Finding
+from ._report import Report as Report
+from ._report import TaskRef as TaskRef
+from ._watcher import TaskInfo as TaskInfo
+from ._watcher import Watcher as Watcher
+
+__version__ = "0.1.0.dev0"

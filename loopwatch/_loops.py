@@ -1,0 +1,455 @@
+"""Watched loops: the loop classes, ``loop_factory``, the policy, ``attach`` and ``run``.
+
+A watched loop is a subclass of the base loop (asyncio's default loop or uvloop's)
+that tells its :class:`~loopwatch.Watcher` about the moments that matter: the loop
+starts running, a runner's main coroutine returns, an exception reaches the
+handler, the loop closes. Everything else is the base loop's own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import warnings
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from ._exceptions import NotWatchedError, OptionsError
+from ._options import Options, make_options
+from ._records import _STOP, _ids, make_task_factory, record_existing
+from ._watcher import Watcher
+
+__all__ = [
+    "WatchedEventLoopPolicy",
+    "attach",
+    "install",
+    "loop_factory",
+    "run",
+    "watcher",
+]
+
+T = TypeVar("T")
+
+_monotonic = time.monotonic
+_current_task = asyncio.current_task
+_getframe = sys._getframe
+_tasks_create_task = asyncio.tasks.create_task.__code__
+
+if hasattr(sys, "_getframemodulename"):
+    _modname = sys._getframemodulename
+
+    def _caller() -> Any:
+        """The frame that called ``loop.create_task`` (past ``asyncio.create_task``)."""
+        return _getframe(3 if _modname(2) == "asyncio.tasks" else 2)
+else:
+    def _caller() -> Any:
+        """The frame that called ``loop.create_task`` (past ``asyncio.create_task``)."""
+        f = _getframe(2)
+        return f.f_back if f.f_code is _tasks_create_task else f
+
+
+_RUNNER_FILES = ("asyncio/runners.py", "anyio/_backends/_asyncio.py")
+
+
+def _called_by_runner() -> bool:
+    """Whether ``run_until_complete`` was called by a runner's ``run`` (asyncio's
+    ``Runner.run``, 3.10's ``asyncio.run``, anyio's 3.10 copy of ``Runner``)."""
+    try:
+        frame = sys._getframe(2)
+    except ValueError:
+        return False
+    code = frame.f_code
+    if code.co_name != "run":
+        return False
+    filename = code.co_filename.replace("\\", "/")
+    return filename.endswith(_RUNNER_FILES)
+
+
+class _WatchedLoopMixin:
+    """The overrides shared by every watched loop class."""
+
+    _lw_watcher: Watcher
+
+    def _lw_setup(self, options: Options, base: str) -> None:
+        loop: Any = self
+        self._lw_watcher = Watcher(loop, options, base=base)
+        self._lw_user_factory: Callable[..., Any] | None = None
+        self._lw_depth = options.stack_depth
+        self._lw_task_class = self._lw_watcher.task_class
+        # Tasks made through create_task are recorded by create_task below; the
+        # factory catches the ones made by code that calls the factory path directly.
+        super().set_task_factory(make_task_factory(self._lw_watcher))  # type: ignore[misc]
+        self._lw_watcher.install_detectors()
+        if options.console and options.console != "off":
+            self._lw_watcher.start_console(options.console)
+
+    # The task factory is ours; a program that sets its own gets it chained.
+    def set_task_factory(self, factory: Callable[..., Any] | None) -> None:
+        if factory is not None and not callable(factory):
+            raise TypeError(f"task factory must be a callable or None, got {factory!r}")
+        self._lw_user_factory = factory
+        chained = make_task_factory(self._lw_watcher, chained=factory)
+        super().set_task_factory(chained)  # type: ignore[misc]
+
+    def get_task_factory(self) -> Callable[..., Any] | None:
+        return self._lw_user_factory
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        # The common case, done here rather than through the task factory: one Python
+        # call less for every task. Anything unusual takes the factory path.
+        if self._lw_user_factory is not None or self.get_debug():  # type: ignore[attr-defined]
+            return super().create_task(coro, **kwargs)  # type: ignore[misc, no-any-return]
+        name = kwargs.pop("name", None)
+        if kwargs:
+            if kwargs.get("eager_start") is None:
+                kwargs.pop("eager_start", None)
+            if set(kwargs) - {"context"} or (
+                    kwargs.get("context") is not None and sys.version_info < (3, 11)):
+                kwargs["name"] = name
+                return super().create_task(coro, **kwargs)  # type: ignore[misc, no-any-return]
+        if self.is_closed():  # type: ignore[attr-defined]
+            return super().create_task(coro, name=name, **kwargs)  # type: ignore[misc, no-any-return]
+        loop: Any = self
+        task = self._lw_task_class(coro, loop=loop, name=name, **kwargs)
+        task._lw_id = next(_ids)
+        depth = self._lw_depth
+        if depth:
+            f = _caller()
+            out: list[Any] = []
+            while f is not None and depth:
+                code = f.f_code
+                if code is _STOP:
+                    break
+                out.append(code)
+                out.append(f.f_lasti)
+                f = f.f_back
+                depth -= 1
+            task._lw_stack = tuple(out)
+        else:
+            task._lw_stack = ()
+        task._lw_created = _monotonic()
+        parent = _current_task(loop)
+        task._lw_parent = getattr(parent, "_lw_id", 0) if parent is not None else 0
+        return task
+
+    def run_forever(self) -> None:
+        self._lw_watcher._loop_started()
+        try:
+            super().run_forever()  # type: ignore[misc]
+        finally:
+            self._lw_watcher._loop_stopped()
+
+    def run_until_complete(self, future: Any) -> Any:
+        by_runner = _called_by_runner()
+        if not by_runner:
+            return super().run_until_complete(future)  # type: ignore[misc]
+        # The main coroutine of asyncio.run / Runner.run: when it returns, whatever is
+        # still pending is about to be cancelled by the runner. Picture it first.
+        loop: Any = self
+        fut = asyncio.ensure_future(future, loop=loop)
+        try:
+            return super().run_until_complete(fut)  # type: ignore[misc]
+        finally:
+            self._lw_watcher._run_finished(fut)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        try:
+            self._lw_watcher._exception_context(context)
+        except Exception:  # the watcher guards its detectors; this is the last layer
+            pass
+        super().call_exception_handler(context)  # type: ignore[misc]
+
+    def close(self) -> None:
+        watcher = self._lw_watcher
+        if not watcher.closed and not self.is_closed():  # type: ignore[attr-defined]
+            if self.is_running():  # type: ignore[attr-defined]
+                super().close()  # type: ignore[misc]  # raises "Cannot close a running event loop"
+            watcher._before_close()
+            try:
+                super().close()  # type: ignore[misc]
+            finally:
+                watcher._after_close()
+        else:
+            super().close()  # type: ignore[misc]
+
+
+_default_base: type[asyncio.AbstractEventLoop] = getattr(
+    asyncio.DefaultEventLoopPolicy, "_loop_factory", asyncio.SelectorEventLoop
+)
+
+
+class WatchedEventLoop(_WatchedLoopMixin, _default_base):  # type: ignore[misc, valid-type]
+    """asyncio's default event loop, watched."""
+
+    def __init__(self, *args: Any, options: Options | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lw_setup(options or Options(), "asyncio")
+
+
+_uvloop_class: type[Any] | None = None
+
+
+def _watched_uvloop_class() -> type[Any]:
+    global _uvloop_class
+    if _uvloop_class is None:
+        try:
+            import uvloop
+        except ImportError as exc:
+            raise OptionsError(
+                "the uvloop base loop needs uvloop: pip install 'loopwatch[uvloop]'"
+            ) from exc
+
+        class WatchedUVLoop(_WatchedLoopMixin, uvloop.Loop):  # type: ignore[misc, name-defined]
+            """uvloop's event loop, watched."""
+
+            def __init__(self, *args: Any, options: Options | None = None,
+                         **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self._lw_setup(options or Options(), "uvloop")
+
+        WatchedUVLoop.__module__ = __name__
+        _uvloop_class = WatchedUVLoop
+    return _uvloop_class
+
+
+BaseSpec = str | Callable[[], asyncio.AbstractEventLoop] | None
+
+
+def loop_factory(base: BaseSpec = None, **options: Any) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A callable that makes a new watched loop, for ``loop_factory=`` arguments.
+
+    ``base`` is ``None`` or ``"asyncio"`` (asyncio's default loop), ``"uvloop"``, or a
+    callable returning a loop (that loop is then attached to instead of subclassed)::
+
+        asyncio.run(main(), loop_factory=loopwatch.loop_factory())          # 3.12+
+        with asyncio.Runner(loop_factory=loopwatch.loop_factory("uvloop")) as r: ...
+        anyio.run(main, backend_options={"loop_factory": loopwatch.loop_factory()})
+    """
+    opts = make_options(**options)
+    if base is None or base == "asyncio":
+        def new_asyncio_loop() -> asyncio.AbstractEventLoop:
+            return WatchedEventLoop(options=opts)
+        return new_asyncio_loop
+    if base == "uvloop":
+        cls = _watched_uvloop_class()
+
+        def new_uvloop_loop() -> asyncio.AbstractEventLoop:
+            loop: asyncio.AbstractEventLoop = cls(options=opts)
+            return loop
+        return new_uvloop_loop
+    if isinstance(base, str):
+        raise OptionsError(f"base loop must be 'asyncio', 'uvloop' or a callable, got {base!r}")
+    if not callable(base):
+        raise OptionsError(f"base loop must be 'asyncio', 'uvloop' or a callable, got {base!r}")
+    make = base
+
+    def new_attached_loop() -> asyncio.AbstractEventLoop:
+        loop = make()
+        _attach(loop, opts)
+        return loop
+    return new_attached_loop
+
+
+class WatchedEventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc, name-defined]
+    """An event loop policy whose new loops are watched (3.10 to 3.13).
+
+    ``base`` picks the base loop as in :func:`loop_factory`.
+    """
+
+    def __init__(self, base: BaseSpec = None, **options: Any) -> None:
+        super().__init__()
+        self._lw_factory = loop_factory(base, **options)
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return self._lw_factory()
+
+
+def install(base: BaseSpec = None, **options: Any) -> WatchedEventLoopPolicy:
+    """Make every loop created from now on a watched loop (sets the event loop policy).
+
+    On Python 3.14 and later, where CPython deprecates policies, this warns and
+    still installs; prefer ``loop_factory``.
+    """
+    if sys.version_info >= (3, 14):
+        warnings.warn(
+            "loopwatch.install() sets an event loop policy, which Python 3.14 deprecates; "
+            "use asyncio.run(..., loop_factory=loopwatch.loop_factory()) instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    policy = WatchedEventLoopPolicy(base, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_event_loop_policy(policy)
+    return policy
+
+
+def watcher(loop: asyncio.AbstractEventLoop | None = None) -> Watcher:
+    """The watcher of ``loop`` (default: the running loop).
+
+    Raises :class:`NotWatchedError` when the loop is not watched.
+    """
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise NotWatchedError(
+                "loopwatch.watcher() needs a loop: call it inside a running loop or pass one"
+            ) from None
+    found = getattr(loop, "_lw_watcher", None)
+    if found is None:
+        raise NotWatchedError(
+            f"{loop!r} is not watched; make it with loopwatch.loop_factory() or call "
+            "loopwatch.attach(loop)"
+        )
+    assert isinstance(found, Watcher)
+    return found
+
+
+def attach(loop: asyncio.AbstractEventLoop | None = None, **options: Any) -> Watcher:
+    """Watch a loop that already exists (default: the running loop).
+
+    Tasks created before are listed without a creation stack. Attaching twice returns
+    the same watcher.
+    """
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise NotWatchedError(
+                "loopwatch.attach() needs a loop: call it inside a running loop or pass one"
+            ) from None
+    existing = getattr(loop, "_lw_watcher", None)
+    if existing is not None:
+        assert isinstance(existing, Watcher)
+        return existing
+    return _attach(loop, make_options(**options))
+
+
+def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
+    """Instrument a loop we did not make, through its public hooks and instance attributes."""
+    if loop.is_closed():
+        raise NotWatchedError(f"cannot attach to a closed loop: {loop!r}")
+    w = Watcher(loop, options, attached=True)
+    target: Any = loop
+    previous_factory = loop.get_task_factory()
+    loop.set_task_factory(make_task_factory(w, chained=previous_factory))
+    original_close = loop.close
+    original_ceh = loop.call_exception_handler
+
+    def close() -> None:
+        if not w.closed and not loop.is_closed() and not loop.is_running():
+            w._before_close()
+            try:
+                original_close()
+            finally:
+                w._after_close()
+        else:
+            original_close()
+
+    def call_exception_handler(context: dict[str, Any]) -> None:
+        try:
+            w._exception_context(context)
+        except Exception:
+            pass
+        original_ceh(context)
+
+    try:
+        target.close = close
+        target.call_exception_handler = call_exception_handler
+        target._lw_watcher = w
+    except AttributeError:
+        w.notes.append(f"{type(loop).__name__} takes no attributes: shutdown checks are "
+                       "not observable on it")
+    try:
+        running = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        running = False
+    for task in asyncio.all_tasks(loop):
+        record_existing(task)
+    w.install_detectors()
+    if running:
+        w._loop_started()
+    if options.console and options.console != "off":
+        w.start_console(options.console)
+    return w
+
+
+def _resolve_base(loop: BaseSpec) -> Callable[[], asyncio.AbstractEventLoop] | str | None:
+    return loop
+
+
+def run(
+    main: Coroutine[Any, Any, T],
+    *,
+    loop: BaseSpec = None,
+    debug: bool | None = None,
+    **options: Any,
+) -> T:
+    """Run ``main`` on a new watched loop and close it: a drop-in for ``asyncio.run``.
+
+    ``loop`` is ``None``/``"asyncio"``, ``"uvloop"`` or a loop factory. Same result,
+    same exceptions, same shutdown order as ``asyncio.run``; stragglers are reported
+    before the runner cancels them. ``options`` are loopwatch's options.
+    """
+    if not asyncio.iscoroutine(main):
+        raise ValueError(f"a coroutine was expected, got {main!r}")
+    if asyncio._get_running_loop() is not None:
+        main.close()
+        raise RuntimeError("loopwatch.run() cannot be called from a running event loop")
+    try:
+        factory = loop_factory(loop, **options)
+    except Exception:
+        main.close()
+        raise
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+            return runner.run(main)
+    return _run_310(main, factory, debug)
+
+
+def _run_310(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop],
+             debug: bool | None) -> T:
+    """asyncio.run of Python 3.10, with a loop factory."""
+    if asyncio._get_running_loop() is not None:
+        main.close()
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
+    new_loop = factory()
+    try:
+        asyncio.set_event_loop(new_loop)
+        if debug is not None:
+            new_loop.set_debug(debug)
+        task = new_loop.create_task(main)
+        try:
+            return new_loop.run_until_complete(task)
+        finally:
+            w = getattr(new_loop, "_lw_watcher", None)
+            if w is not None:
+                w._run_finished(task)
+    finally:
+        try:
+            _cancel_all_tasks(new_loop)
+            new_loop.run_until_complete(new_loop.shutdown_asyncgens())
+            new_loop.run_until_complete(new_loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            new_loop.close()
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    to_cancel = asyncio.all_tasks(loop)
+    if not to_cancel:
+        return
+    for task in to_cancel:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*to_cancel, return_exceptions=True))
+    for task in to_cancel:
+        if task.cancelled():
+            continue
+        if task.exception() is not None:
+            loop.call_exception_handler({
+                "message": "unhandled exception during asyncio.run() shutdown",
+                "exception": task.exception(),
+                "task": task,
+            })

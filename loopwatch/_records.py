@@ -1,0 +1,309 @@
+"""Task records: what loopwatch knows about each task, and the task factory that records it.
+
+The record lives on the task itself, in slots of :class:`WatchedTask` (a subclass of
+the C ``asyncio.Task``): no registry holds a strong reference to a live task, and the
+record is still there when the garbage collector finalizes a task that was dropped
+while pending (a ``WeakKeyDictionary`` entry would already be gone, SPEC section 9).
+Tasks made by a chained task factory are not ours to subclass: they carry the same
+fields as plain attributes.
+
+The factory is the hottest code in loopwatch (it runs for every task), so it does
+as little as it can: the creation stack is stored raw (code objects and instruction
+offsets), and nothing is formatted until somebody looks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._frames import RawStack
+
+if TYPE_CHECKING:
+    from ._watcher import Watcher
+
+__all__ = [
+    "FinishedTask",
+    "WatchedTask",
+    "field",
+    "make_task_factory",
+    "record_existing",
+    "task_id",
+]
+
+_ids = itertools.count(1)
+_monotonic = time.monotonic
+_getframe = sys._getframe
+_current_task = asyncio.current_task
+
+
+class WatchedTask(asyncio.Task):  # type: ignore[type-arg]
+    """An ``asyncio.Task`` that carries its loopwatch record in slots.
+
+    It behaves exactly like ``asyncio.Task`` (``get_coro()`` is the program's own
+    coroutine); the slots cost 48 bytes per task, where a ``__dict__`` would cost
+    several hundred. Each watcher has its own subclass, whose ``_lw_sink`` receives
+    finished tasks for the bounded history.
+    """
+
+    __slots__ = ("_lw_id", "_lw_stack", "_lw_created", "_lw_parent", "_lw_waiter", "_lw_since")
+    _lw_id: int
+    _lw_stack: RawStack
+    _lw_created: float | None
+    _lw_parent: int
+    _lw_waiter: Any
+    _lw_since: float
+
+    #: where finished tasks go: the watcher's history ``deque.append`` (or None)
+    _lw_sink: Callable[[tuple[Any, ...]], None] | None = None
+
+    def __del__(self) -> None:
+        # The base finalizer logs "Task was destroyed but it is pending!" and
+        # "exception was never retrieved"; it has nothing to do otherwise.
+        if self._state == "PENDING" or self._log_traceback:  # type: ignore[attr-defined]
+            super().__del__()
+        sink = self._lw_sink
+        if sink is not None:
+            try:
+                exc = self._exception  # type: ignore[attr-defined]  # not exception(): that
+                # would mark it retrieved
+                sink((self._lw_id, self._lw_stack, self._lw_created, self._lw_parent,
+                      self._state, self._coro, self.get_name(),  # type: ignore[attr-defined]
+                      f"{type(exc).__name__}: {exc}"[:200] if exc is not None else "",
+                      _monotonic()))
+            except Exception:  # never let loopwatch break a finalizer
+                pass
+
+
+def task_class(sink: Callable[[tuple[Any, ...]], None] | None) -> type[WatchedTask]:
+    """The task class of one watcher: finished tasks go to ``sink``."""
+    return type("WatchedTask", (WatchedTask,), {"__slots__": (), "_lw_sink": sink,
+                                                "__module__": __name__})
+
+
+def field(task: asyncio.Future[Any], name: str, default: Any = None) -> Any:
+    """Read one record field of ``task`` (``default`` when it has none)."""
+    return getattr(task, name, default)
+
+
+def task_id(task: asyncio.Future[Any]) -> int:
+    """The task's loopwatch number (``T<n>``), giving one to a task that has none."""
+    n: int | None = getattr(task, "_lw_id", None)
+    if n is None:
+        n = next(_ids)
+        try:
+            task._lw_id = n  # type: ignore[attr-defined]
+        except AttributeError:
+            return 0
+    return n
+
+
+# Frames of asyncio's own create_task plumbing, skipped when the stack is captured.
+_PLUMBING_MODULES = frozenset({"asyncio.base_events", "asyncio.tasks", "asyncio.taskgroups",
+                               "asyncio.events"})
+_PLUMBING_CODES: tuple[Any, ...] = tuple(
+    c for c in (
+        getattr(asyncio.BaseEventLoop.create_task, "__code__", None),
+        getattr(asyncio.tasks.create_task, "__code__", None),
+    ) if c is not None
+)
+
+# The loop's own frames above a task step: a creation stack stops there.
+_STOP = asyncio.events.Handle._run.__code__
+
+if hasattr(sys, "_getframemodulename"):  # 3.12+: look without materializing frames
+    _modname = sys._getframemodulename
+
+    def _first_frame(skip: int) -> Any:
+        d = skip + 1
+        while _modname(d) in _PLUMBING_MODULES:
+            d += 1
+        return _getframe(d)
+else:
+    _c1 = _PLUMBING_CODES[0]
+    _c2 = _PLUMBING_CODES[1]
+
+    def _first_frame(skip: int) -> Any:
+        f: Any = _getframe(skip + 1)
+        code = f.f_code
+        while code is _c1 or code is _c2:
+            f = f.f_back
+            code = f.f_code
+        return f
+
+
+def make_task_factory(
+    watcher: Watcher,
+    chained: Callable[..., asyncio.Future[Any]] | None = None,
+) -> Callable[..., asyncio.Future[Any]]:
+    """The task factory of a watched loop: records every task, chains ``chained``."""
+    depth = watcher.options.stack_depth
+    ids = _ids
+    monotonic = _monotonic
+    current_task = _current_task
+    first_frame = _first_frame
+    stop = _STOP
+    Task = watcher.task_class
+
+    def capture(skip: int) -> RawStack:
+        if not depth:
+            return ()
+        try:
+            f = first_frame(skip + 1)
+        except (ValueError, AttributeError):
+            return ()
+        out: list[Any] = []
+        n = depth
+        while f is not None and n:
+            code = f.f_code
+            if code is stop:
+                break
+            out.append(code)
+            out.append(f.f_lasti)
+            f = f.f_back
+            n -= 1
+        return tuple(out)
+
+    if chained is None:
+
+        def loopwatch_task_factory(
+            loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
+        ) -> asyncio.Future[Any]:
+            if kwargs and "eager_start" in kwargs:
+                if kwargs["eager_start"] is None:
+                    del kwargs["eager_start"]
+                elif kwargs["eager_start"]:
+                    # An eager task runs its first step inside the constructor: the
+                    # record must be in place before it.
+                    task = Task.__new__(Task)
+                    _fill(task, capture(1), loop)
+                    task.__init__(coro, loop=loop, **kwargs)  # type: ignore[misc]
+                    return task
+            task = Task(coro, loop=loop, **kwargs)
+            # _fill() written out: this runs for every task.
+            task._lw_id = next(ids)
+            task._lw_stack = capture(1)
+            task._lw_created = monotonic()
+            parent = current_task(loop)
+            task._lw_parent = getattr(parent, "_lw_id", 0) if parent is not None else 0
+            return task
+
+    else:
+        prev = chained
+
+        def loopwatch_task_factory(
+            loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
+        ) -> asyncio.Future[Any]:
+            stack = capture(1)
+            task = prev(loop, coro, **kwargs)
+            if getattr(task, "_lw_id", None) is None:
+                try:
+                    _fill(task, stack, loop)
+                except AttributeError:
+                    pass  # a future type that takes no attributes: listed without a record
+            return task
+
+    loopwatch_task_factory.__loopwatch__ = True  # type: ignore[attr-defined]
+    return loopwatch_task_factory
+
+
+def _fill(task: Any, stack: RawStack, loop: asyncio.AbstractEventLoop) -> None:
+    task._lw_id = next(_ids)
+    task._lw_stack = stack
+    task._lw_created = _monotonic()
+    parent = _current_task(loop)
+    task._lw_parent = getattr(parent, "_lw_id", 0) if parent is not None else 0
+
+
+def record_existing(task: asyncio.Future[Any]) -> None:
+    """Give a task that existed before loopwatch attached a record, without a stack."""
+    if getattr(task, "_lw_id", None) is not None:
+        return
+    try:
+        task._lw_id = next(_ids)  # type: ignore[attr-defined]
+        task._lw_stack = ()  # type: ignore[attr-defined]
+        task._lw_created = None  # type: ignore[attr-defined]
+        task._lw_parent = 0  # type: ignore[attr-defined]
+        task._lw_waiter = None  # type: ignore[attr-defined]
+        task._lw_since = 0.0  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+
+
+class FinishedTask:
+    """A finished task in the bounded history: everything but the task itself."""
+
+    __slots__ = ("id", "name", "coro", "stack", "created", "parent", "finished", "outcome",
+                 "detail")
+
+    def __init__(self, id: int, name: str, coro: str, stack: RawStack, created: float | None,
+                 parent: int, finished: float, outcome: str, detail: str) -> None:
+        self.id = id
+        self.name = name
+        self.coro = coro
+        self.stack = stack
+        self.created = created
+        self.parent = parent
+        self.finished = finished
+        self.outcome = outcome
+        self.detail = detail
+
+
+def coro_name(coro: Any) -> str:
+    """The qualified name of a coroutine (or awaitable) as shown to people."""
+    qualname = getattr(coro, "__qualname__", None)
+    if qualname is None:
+        qualname = type(coro).__qualname__
+    code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+    module = None
+    if code is not None:
+        module = _module_of(code.co_filename)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+_module_cache: dict[str, str | None] = {}
+
+
+def _module_of(filename: str) -> str | None:
+    try:
+        return _module_cache[filename]
+    except KeyError:
+        pass
+    result = None
+    for name, mod in list(sys.modules.items()):
+        if getattr(mod, "__file__", None) == filename:
+            result = name
+            break
+    if len(_module_cache) < 10_000:
+        _module_cache[filename] = result
+    return result
+
+
+def finished_from_raw(raw: tuple[Any, ...]) -> FinishedTask:
+    """A :class:`FinishedTask` from the tuple a finished task left in the history."""
+    n, stack, created, parent, state, coro, name, exc_text, finished = raw
+    if state == "PENDING":
+        outcome, detail = "destroyed", "destroyed while pending"
+    elif state == "CANCELLED":
+        outcome, detail = "cancelled", ""
+    elif exc_text:
+        outcome, detail = "exception", exc_text
+    else:
+        outcome, detail = "result", ""
+    return FinishedTask(id=n, name=name, coro=coro_name(coro) if coro is not None else "",
+                        stack=stack, created=created, parent=parent, finished=finished,
+                        outcome=outcome, detail=detail)
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+

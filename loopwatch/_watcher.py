@@ -1,0 +1,433 @@
+"""The watcher: everything loopwatch knows about one loop, and the detectors on it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import _frames
+from ._awaits import Awaiting, describe
+from ._frames import Frame
+from ._options import Options
+from ._records import FinishedTask, coro_name, finished_from_raw, task_class, task_id
+from ._report import Finding, Report, TaskRef
+
+if TYPE_CHECKING:
+    from ._detectors import Detector
+
+__all__ = ["TaskInfo", "Watcher", "all_watchers", "task_ref"]
+
+log = logging.getLogger("loopwatch")
+
+_watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
+#: called with every new watcher (the CLI keeps them alive to report at exit)
+on_new_watcher: list[Callable[[Watcher], None]] = []
+
+
+def all_watchers() -> list[Watcher]:
+    """Every watcher alive in this process, oldest first."""
+    return sorted(_watchers, key=lambda w: w.serial)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """A task as loopwatch sees it, at one moment. Holds no reference to the task."""
+
+    #: short id unique in the process: ``"T7"``
+    id: str
+    name: str
+    #: the coroutine's qualified name, with its module
+    coro: str
+    #: ``pending``, ``done``, ``cancelled``, ``failed`` (or ``destroyed`` in history)
+    state: str
+    #: the user's line that created the task
+    site: Frame | None
+    #: the creation stack, innermost first (empty for tasks that existed before attach)
+    stack: tuple[Frame, ...]
+    #: seconds since the task was created (None when unknown)
+    age: float | None
+    #: id of the task that created this one
+    parent: str | None
+    #: seconds the task has waited on its current future (None when running or done)
+    parked_for: float | None
+    #: where and on what the task waits (None for finished tasks)
+    awaiting: Awaiting | None
+    #: outcome of a finished task (``result``, ``exception``, ``cancelled``) and its text
+    outcome: str = ""
+    detail: str = ""
+
+    @property
+    def number(self) -> int:
+        return int(self.id[1:])
+
+    def ref(self) -> TaskRef:
+        return TaskRef(self.id, self.name, self.coro)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "coro": self.coro,
+            "state": self.state,
+            "site": self.site.to_dict() if self.site else None,
+            "stack": [f.to_dict() for f in self.stack],
+            "age": self.age,
+            "parent": self.parent,
+            "parked_for": self.parked_for,
+            "awaiting": self.awaiting.to_dict() if self.awaiting else None,
+            "outcome": self.outcome,
+            "detail": self.detail,
+        }
+
+
+def task_ref(task: asyncio.Future[Any]) -> TaskRef:
+    get_name = getattr(task, "get_name", None)
+    get_coro = getattr(task, "get_coro", None)
+    return TaskRef(
+        f"T{task_id(task)}",
+        get_name() if get_name else "",
+        coro_name(get_coro()) if get_coro else type(task).__name__,
+    )
+
+
+def _state(task: asyncio.Future[Any]) -> str:
+    if not task.done():
+        return "pending"
+    if task.cancelled():
+        return "cancelled"
+    return "failed" if task._exception is not None else "done"  # type: ignore[attr-defined]
+
+
+_serials = iter(range(1, 1 << 62))
+
+
+class Watcher:
+    """Everything loopwatch knows about one loop.
+
+    Get the watcher of a loop with :func:`loopwatch.watcher`; a loop made by
+    :func:`loopwatch.loop_factory` has one from birth, :func:`loopwatch.attach`
+    gives one to a running loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, options: Options, *,
+                 attached: bool = False, base: str = "") -> None:
+        self.loop = loop
+        self.options = options
+        self.attached = attached
+        self.base = base or _base_name(loop)
+        self.serial = next(_serials)
+        #: raw tuples left by finished tasks (see ``WatchedTask.__del__``)
+        self.history: deque[tuple[Any, ...]] = deque(maxlen=options.history or 1)
+        self.task_class = task_class(self.history.append if options.history else None)
+        self.closed = False
+        self.loop_thread: threading.Thread | None = None
+        self.notes: list[str] = []
+        self._lock = threading.Lock()
+        self._findings: list[Finding] = []
+        self._keys: dict[Any, Finding] = {}
+        self._listeners: list[Callable[[Finding], None]] = []
+        self.detectors: list[Detector] = []
+        self.console: Any = None
+        self._disabled_hooks: set[tuple[str, str]] = set()
+        _watchers.add(self)
+        for callback in list(on_new_watcher):
+            callback(self)
+
+    # -- detectors -------------------------------------------------------------------
+
+    def install_detectors(self) -> None:
+        """Create and install every detector (called once by the loop layer)."""
+        from ._detectors import make_detectors
+
+        for detector in make_detectors(self):
+            self.detectors.append(detector)
+            self.call(detector, "install")
+
+    def detector(self, name: str) -> Detector | None:
+        for d in self.detectors:
+            if d.name == name:
+                return d
+        return None
+
+    def call(self, detector: Detector, hook: str, *args: Any) -> Any:
+        """Run one detector hook; a failure is reported once and switches it off."""
+        if not detector.enabled:
+            return None
+        try:
+            return getattr(detector, hook)(*args)
+        except Exception as exc:
+            detector.enabled = False
+            log.warning("loopwatch: the %s check failed and is switched off: %s: %s",
+                        detector.name, type(exc).__name__, exc, exc_info=exc)
+            self.notes.append(f"{detector.name} check switched off after an internal error: "
+                              f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _broadcast(self, hook: str, *args: Any) -> None:
+        for detector in list(self.detectors):
+            self.call(detector, hook, *args)
+
+    # -- findings --------------------------------------------------------------------
+
+    def add_finding(self, finding: Finding) -> Finding:
+        """Record a finding (thread-safe). A finding with the key of an earlier one
+        replaces it (the same parked task, seen again later, for longer)."""
+        if finding.kind in self.options.disabled:
+            return finding
+        with self._lock:
+            if finding.key is not None and finding.key in self._keys:
+                old = self._keys[finding.key]
+                idx = self._findings.index(old)
+                self._findings[idx] = finding
+                self._keys[finding.key] = finding
+                return finding
+            self._findings.append(finding)
+            if finding.key is not None:
+                self._keys[finding.key] = finding
+        if self.options.log:
+            site = f" ({finding.site.file}:{finding.site.line})" if finding.site else ""
+            log.warning("%s: %s%s", finding.kind, finding.message, site)
+        for listener in list(self._listeners):
+            try:
+                listener(finding)
+            except Exception:
+                log.exception("loopwatch: a finding listener failed")
+        return finding
+
+    def has_finding(self, key: Any) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def add_listener(self, callback: Callable[[Finding], None]) -> None:
+        self._listeners.append(callback)
+
+    def findings(self) -> list[Finding]:
+        """Every finding made so far on this loop."""
+        with self._lock:
+            return list(self._findings)
+
+    def audit(self) -> Report:
+        """What would be left behind if the loop shut down now, plus the findings so far.
+
+        Safe to call from any thread; it only reads.
+        """
+        found: list[Finding] = []
+        for detector in list(self.detectors):
+            result = self.call(detector, "audit")
+            if result:
+                found.extend(result)
+        return Report(findings=self.findings() + found, notes=self.all_notes(), scope="audit",
+                      loop=self.base, lag=self.lag())
+
+    def report(self) -> Report:
+        """The findings of the whole run so far (an audit is added while the loop is open)."""
+        if self.closed:
+            return Report(findings=self.findings(), notes=self.all_notes(), scope="run",
+                          loop=self.base, lag=self.lag())
+        report = self.audit()
+        report.scope = "run"
+        return report
+
+    def all_notes(self) -> list[str]:
+        notes = list(self.notes)
+        for detector in self.detectors:
+            notes.extend(detector.notes())
+        return notes
+
+    def lag(self) -> dict[str, float]:
+        for detector in self.detectors:
+            stats = detector.lag_stats()
+            if stats:
+                return stats
+        return {}
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def live_tasks(self) -> list[asyncio.Future[Any]]:
+        """The loop's pending tasks (strong references: do not keep the list)."""
+        loop = self.loop
+        for _ in range(100):
+            try:
+                return [t for t in asyncio.all_tasks(loop) if not t.done()]
+            except RuntimeError:  # the set changed under another thread
+                continue
+        return []
+
+    def tasks(self, *, history: bool = False) -> list[TaskInfo]:
+        """Every pending task, oldest first; with ``history=True`` finished ones too."""
+        now = time.monotonic()
+        infos = [self.info(t, now=now) for t in self.live_tasks()]
+        infos.sort(key=lambda i: i.number)
+        if history:
+            infos.extend(self.finished_info(finished_from_raw(r), now)
+                         for r in list(self.history))
+        return infos
+
+    def info(self, task: asyncio.Future[Any], *, now: float | None = None,
+             awaiting: bool = True) -> TaskInfo:
+        """A :class:`TaskInfo` for one task."""
+        if now is None:
+            now = time.monotonic()
+        stack = tuple(_frames.format_raw(getattr(task, "_lw_stack", ()) or ()))
+        created = getattr(task, "_lw_created", None)
+        parent = getattr(task, "_lw_parent", 0)
+        ref = task_ref(task)
+        state = _state(task)
+        waiting = describe(task, self.loop) if awaiting and state == "pending" else None
+        parked = self.parked_for(task, now) if state == "pending" else None
+        return TaskInfo(
+            id=ref.id,
+            name=ref.name,
+            coro=ref.coro,
+            state=state,
+            site=_frames.pick_site(stack),
+            stack=stack,
+            age=(now - created) if created is not None else None,
+            parent=f"T{parent}" if parent else None,
+            parked_for=parked,
+            awaiting=waiting,
+        )
+
+    def finished_info(self, record: FinishedTask, now: float) -> TaskInfo:
+        stack = tuple(_frames.format_raw(record.stack))
+        return TaskInfo(
+            id=f"T{record.id}", name=record.name, coro=record.coro, state=record.outcome
+            if record.outcome == "destroyed" else ("failed" if record.outcome == "exception"
+                                                   else ("cancelled" if record.outcome ==
+                                                         "cancelled" else "done")),
+            site=_frames.pick_site(stack), stack=stack,
+            age=(record.finished - record.created) if record.created is not None else None,
+            parent=f"T{record.parent}" if record.parent else None, parked_for=None,
+            awaiting=None, outcome=record.outcome, detail=record.detail,
+        )
+
+    def parked_for(self, task: asyncio.Future[Any], now: float | None = None) -> float | None:
+        """Seconds ``task`` has waited on its current future, as last observed.
+
+        The time a wait began is learned by the parked scan (``observe``), so it is
+        exact to within one scan interval; no step of the task is ever wrapped.
+        """
+        waiter = getattr(task, "_fut_waiter", None)
+        if waiter is None:
+            return None
+        if getattr(task, "_lw_waiter", None) is not waiter:
+            self.observe(task, time.monotonic() if now is None else now)
+        since = getattr(task, "_lw_since", 0.0)
+        if not since:
+            return None
+        return max(0.0, (time.monotonic() if now is None else now) - since)
+
+    @staticmethod
+    def observe(task: asyncio.Future[Any], now: float) -> None:
+        """Note the future ``task`` waits on now; a new future restarts its clock."""
+        waiter = getattr(task, "_fut_waiter", None)
+        try:
+            if task._lw_waiter is not waiter:  # type: ignore[attr-defined]
+                task._lw_waiter = waiter  # type: ignore[attr-defined]
+                task._lw_since = now if waiter is not None else 0.0  # type: ignore[attr-defined]
+        except AttributeError:
+            try:
+                task._lw_waiter = waiter  # type: ignore[attr-defined]
+                task._lw_since = now  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+
+    def find_task(self, ident: str | int) -> asyncio.Future[Any]:
+        """The live task with id ``T7`` / ``7`` or with that name.
+
+        Raises ``LookupError`` naming the ids that exist.
+        """
+        tasks = self.live_tasks()
+        text = str(ident).strip()
+        number: int | None = None
+        if text[:1] in "Tt" and text[1:].isdigit():
+            number = int(text[1:])
+        elif text.isdigit():
+            number = int(text)
+        for task in tasks:
+            if number is not None and getattr(task, "_lw_id", None) == number:
+                return task
+        named = [t for t in tasks if getattr(t, "get_name", lambda: None)() == text]
+        if len(named) == 1:
+            return named[0]
+        ids = sorted(task_id(t) for t in tasks)
+        shown = ", ".join(f"T{n}" for n in ids[:20]) + (" ..." if len(ids) > 20 else "")
+        if len(named) > 1:
+            raise LookupError(f"{len(named)} tasks are named {text!r}: "
+                              f"{', '.join(f'T{task_id(t)}' for t in named)}; name one by id")
+        raise LookupError(f"no live task {text!r}; live tasks: {shown or 'none'}")
+
+    # -- the loop layer calls these ---------------------------------------------------
+
+    def _exception_context(self, context: dict[str, Any]) -> None:
+        self._broadcast("exception_context", context)
+
+    def _loop_started(self) -> None:
+        self.loop_thread = threading.current_thread()
+        self._broadcast("loop_started")
+
+    def _loop_stopped(self) -> None:
+        self._broadcast("loop_stopped")
+
+    def _run_finished(self, fut: Any) -> None:
+        """A runner's main coroutine returned: what is still pending is left behind."""
+        self._broadcast("run_finished", fut)
+
+    def _before_close(self) -> None:
+        self._broadcast("before_close")
+
+    def _after_close(self) -> None:
+        self.closed = True
+        self._broadcast("after_close")
+        if self.console is not None:
+            try:
+                self.console.stop()
+            except Exception:
+                log.exception("loopwatch: the console did not stop cleanly")
+            self.console = None
+
+    # -- public extras ---------------------------------------------------------------
+
+    def snapshot(self) -> Any:
+        """The live task population by creation site (see ``TaskSnapshot``)."""
+        from ._detectors.growth import take_snapshot
+
+        return take_snapshot(self)
+
+    def start_console(self, address: str | None = "auto") -> Any:
+        """Start the console server for this loop in its own thread; returns it."""
+        from .console import start_console
+
+        self.console = start_console(self, address)
+        return self.console
+
+    def close(self) -> None:
+        """Stop watching: detectors are removed and the console stops. The loop runs on."""
+        self._broadcast("uninstall")
+        self.detectors.clear()
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<loopwatch.Watcher {self.base} loop {state}, {len(self._findings)} findings>"
+
+
+def _base_name(loop: asyncio.AbstractEventLoop) -> str:
+    module = type(loop).__module__
+    for cls in type(loop).__mro__:
+        if cls.__module__.startswith("uvloop"):
+            return "uvloop"
+    return "asyncio" if module.startswith(("asyncio", "loopwatch")) else module
+
+
+def iter_frames(frames: Iterable[Frame]) -> list[dict[str, Any]]:
+    return [f.to_dict() for f in frames]

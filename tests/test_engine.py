@@ -1,0 +1,346 @@
+"""The engine: watched loops, task records, await chains and stragglers, on every way in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import sys
+import weakref
+
+import anyio
+import pytest
+
+import loopwatch
+from loopwatch import NotWatchedError, OptionsError
+
+from .conftest import BASE_LOOP
+
+
+async def forever(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+async def leave_straggler() -> int:
+    asyncio.create_task(forever(asyncio.Event()), name="left-behind")
+    await asyncio.sleep(0)
+    return 42
+
+
+def stragglers(w: loopwatch.Watcher) -> list[loopwatch.Finding]:
+    return [f for f in w.findings() if f.kind == "straggler"]
+
+
+def test_run_returns_result_and_reports_straggler() -> None:
+    seen: list[loopwatch.Watcher] = []
+
+    async def main() -> int:
+        seen.append(loopwatch.watcher())
+        return await leave_straggler()
+
+    assert loopwatch.run(main(), loop=BASE_LOOP, log=False) == 42
+    (finding,) = stragglers(seen[0])
+    assert finding.task is not None and finding.task.name == "left-behind"
+    assert finding.site is not None and finding.site.file == __file__
+    assert finding.site.function.endswith("leave_straggler")
+    assert finding.details["awaiting"] == "Event.wait"
+    assert finding.details["parked_at"]["function"].endswith("forever")
+    assert seen[0].base == BASE_LOOP
+
+
+def test_run_propagates_exceptions_like_asyncio_run() -> None:
+    async def boom() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        loopwatch.run(boom(), loop=BASE_LOOP, log=False)
+
+
+def test_run_refuses_running_loop() -> None:
+    async def outer() -> None:
+        coro = asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="cannot be called from a running event loop"):
+            loopwatch.run(coro, loop=BASE_LOOP)
+
+    asyncio.run(outer())
+
+
+def test_bad_options_are_clear() -> None:
+    with pytest.raises(OptionsError, match="stack_depth"):
+        loopwatch.loop_factory(stack_depth=-1)
+    with pytest.raises(OptionsError, match="parked_after"):
+        loopwatch.loop_factory(parked_after=float("nan"))
+    with pytest.raises(OptionsError, match="unknown loopwatch option 'stak_depth'"):
+        loopwatch.loop_factory(stak_depth=3)
+    with pytest.raises(OptionsError, match="base loop"):
+        loopwatch.loop_factory("trio")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner is 3.11+")
+def test_asyncio_runner_with_loop_factory() -> None:
+    factory = loopwatch.loop_factory(BASE_LOOP, log=False)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        assert runner.run(leave_straggler()) == 42
+        w = loopwatch.watcher(runner.get_loop())
+    assert [f.task.name for f in stragglers(w) if f.task] == ["left-behind"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.run(loop_factory=) is 3.12+")
+def test_asyncio_run_with_loop_factory() -> None:
+    seen: list[loopwatch.Watcher] = []
+
+    async def main() -> int:
+        seen.append(loopwatch.watcher())
+        return await leave_straggler()
+
+    assert asyncio.run(main(), loop_factory=loopwatch.loop_factory(BASE_LOOP, log=False)) == 42
+    assert len(stragglers(seen[0])) == 1
+
+
+def test_anyio_run_with_loop_factory() -> None:
+    seen: list[loopwatch.Watcher] = []
+
+    async def main() -> int:
+        seen.append(loopwatch.watcher())
+        return await leave_straggler()
+
+    factory = loopwatch.loop_factory(BASE_LOOP, log=False)
+    assert anyio.run(main, backend="asyncio", backend_options={"loop_factory": factory}) == 42
+    assert len(stragglers(seen[0])) == 1
+
+
+def test_plain_loop_close_reports_stragglers() -> None:
+    loop = loopwatch.loop_factory(BASE_LOOP, log=False)()
+    loop.run_until_complete(leave_straggler())
+    w = loopwatch.watcher(loop)
+    assert not stragglers(w)
+    loop.close()
+    assert len(stragglers(w)) == 1
+    assert w.closed
+
+
+def test_policy_install_watches_new_loops() -> None:
+    old = asyncio.get_event_loop_policy()
+    try:
+        loopwatch.install(BASE_LOOP, log=False)
+        seen: list[loopwatch.Watcher] = []
+
+        async def main() -> int:
+            seen.append(loopwatch.watcher())
+            return await leave_straggler()
+
+        assert asyncio.run(main()) == 42
+        assert len(stragglers(seen[0])) == 1
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+def test_attach_lists_existing_tasks_without_stacks() -> None:
+    async def main() -> None:
+        ev = asyncio.Event()
+        before = asyncio.create_task(forever(ev), name="before")
+        await asyncio.sleep(0)
+        w = loopwatch.attach(log=False)
+        assert loopwatch.attach() is w
+        after = asyncio.create_task(forever(ev), name="after")
+        await asyncio.sleep(0)
+        infos = {i.name: i for i in w.tasks()}
+        assert infos["before"].stack == ()
+        assert infos["after"].site is not None and infos["after"].site.function.endswith("main")
+        assert infos["after"].parent == infos["before"].id.replace(
+            infos["before"].id, infos[asyncio.current_task().get_name()].id)  # type: ignore[union-attr]
+        ev.set()
+        await asyncio.gather(before, after)
+
+    asyncio.run(main())
+
+
+def test_watcher_of_unwatched_loop_is_an_error() -> None:
+    async def main() -> None:
+        with pytest.raises(NotWatchedError, match="not watched"):
+            loopwatch.watcher()
+
+    asyncio.run(main())
+    with pytest.raises(NotWatchedError, match="needs a loop"):
+        loopwatch.watcher()
+
+
+def test_records_ids_parent_coro_and_get_coro() -> None:
+    async def child() -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        coro = child()
+        task = asyncio.create_task(coro, name="kid")
+        assert task.get_coro() is coro
+        w = loopwatch.watcher()
+        infos = {i.name: i for i in w.tasks()}
+        me = infos[asyncio.current_task().get_name()]  # type: ignore[union-attr]
+        kid = infos["kid"]
+        assert kid.parent == me.id
+        assert kid.coro.endswith("child")
+        assert kid.id.startswith("T") and kid.number > me.number
+        assert kid.site is not None and kid.site.function.endswith("main")
+        assert kid.age is not None and kid.age >= 0
+        await task
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
+def test_no_strong_reference_to_tasks() -> None:
+    async def main() -> None:
+        task = asyncio.create_task(asyncio.sleep(0))
+        await task
+        ref = weakref.ref(task)
+        del task
+        await asyncio.sleep(0)  # the handle that woke us holds the task until it returns
+        gc.collect()
+        assert ref() is None
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
+def test_history_keeps_outcomes() -> None:
+    async def ok() -> int:
+        return 1
+
+    async def bad() -> None:
+        raise ValueError("nope")
+
+    async def main() -> None:
+        await asyncio.create_task(ok(), name="ok")
+        t = asyncio.create_task(bad(), name="bad")
+        with pytest.raises(ValueError):
+            await t
+        del t
+        await asyncio.sleep(0)
+        gc.collect()
+        w = loopwatch.watcher()
+        done = {i.name: i for i in w.tasks(history=True) if i.state != "pending"}
+        assert done["ok"].outcome == "result"
+        assert done["bad"].outcome == "exception" and "ValueError: nope" in done["bad"].detail
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
+def test_existing_task_factory_is_chained_and_kwargs_forwarded() -> None:
+    calls: list[dict[str, object]] = []
+
+    def my_factory(loop, coro, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outer")
+
+    async def read() -> str:
+        return var.get()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(my_factory)
+        assert loop.get_task_factory() is my_factory
+        kwargs: dict[str, object] = {}
+        if sys.version_info >= (3, 11):
+            ctx = contextvars.copy_context()
+            ctx.run(var.set, "inner")
+            kwargs["context"] = ctx
+        t = loop.create_task(read(), name="named", **kwargs)
+        assert t.get_name() == "named"
+        assert await t == ("inner" if kwargs else "outer")
+        info = [i for i in loopwatch.watcher().tasks(history=False) if i.name == "named"]
+        assert not info  # done
+        assert calls
+        t2 = loop.create_task(asyncio.Event().wait(), name="pending")
+        await asyncio.sleep(0)
+        (pinfo,) = [i for i in loopwatch.watcher().tasks() if i.name == "pending"]
+        assert pinfo.site is not None and pinfo.site.function.endswith("main")
+        t2.cancel()
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
+def test_eager_task_factory_stays_eager() -> None:
+    order: list[str] = []
+
+    async def child() -> None:
+        order.append("child started")
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)
+        t = asyncio.create_task(child())
+        order.append("after create_task")
+        assert order == ["child started", "after create_task"]
+        await t
+        (info,) = [i for i in loopwatch.watcher().tasks(history=True) if i.coro.endswith("child")]
+        assert info.site is not None and info.site.function.endswith("main")
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False, history=10)
+
+
+def test_await_chain_follows_tasks_and_gather() -> None:
+    async def leaf(ev: asyncio.Event) -> None:
+        await ev.wait()
+
+    async def middle(ev: asyncio.Event) -> None:
+        await asyncio.create_task(leaf(ev), name="leaf")
+
+    async def main() -> None:
+        ev = asyncio.Event()
+        mid = asyncio.create_task(middle(ev), name="middle")
+        g = asyncio.gather(asyncio.create_task(asyncio.sleep(5), name="sleeper"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        w = loopwatch.watcher()
+        infos = {i.name: i for i in w.tasks()}
+        assert infos["middle"].awaiting is not None
+        assert infos["middle"].awaiting.what == "task"
+        assert infos["middle"].awaiting.waits_on == (infos["leaf"].number,)
+        assert infos["leaf"].awaiting is not None and infos["leaf"].awaiting.what == "Event.wait"
+        chain = [f.function for f in infos["leaf"].awaiting.frames]
+        assert chain[0] == "main.<locals>.leaf" or chain[0].endswith("leaf")
+        sleeper = infos["sleeper"].awaiting
+        assert sleeper is not None and sleeper.what == "sleep" and sleeper.sleeping
+        assert "s left" in sleeper.detail
+        ev.set()
+        await mid
+        g.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await g
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
+def test_find_task_errors_name_the_live_ids() -> None:
+    async def main() -> None:
+        w = loopwatch.watcher()
+        me = asyncio.current_task()
+        assert w.find_task(f"T{me._lw_id}") is me  # type: ignore[union-attr]
+        with pytest.raises(LookupError, match="no live task 'T999999'; live tasks: T"):
+            w.find_task("T999999")
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
+def test_report_json_round_trip() -> None:
+    seen: list[loopwatch.Watcher] = []
+
+    async def main() -> int:
+        seen.append(loopwatch.watcher())
+        return await leave_straggler()
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+    report = seen[0].report()
+    data = report.to_dict()
+    assert data["schema"] == 1
+    (f,) = data["findings"]
+    assert f["kind"] == "straggler"
+    assert set(f) >= {"kind", "message", "task", "site", "stacks", "hint"}
+    assert f["task"]["id"].startswith("T")
+    for frame in f["stacks"]["created"] + f["stacks"]["await"]:
+        assert set(frame) == {"file", "line", "function"}
+        assert frame["file"].startswith("/")
+    again = loopwatch.Report.from_json(report.to_json())
+    assert again.to_dict() == data
