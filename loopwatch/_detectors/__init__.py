@@ -47,6 +47,10 @@ class Detector:
     def exception_context(self, context: dict[str, Any]) -> None:
         """The loop's exception handler was called with ``context`` (before the user's)."""
 
+    def tick(self, now: float) -> None:
+        """Periodic work, called about once a second from the watchdog thread (not the
+        loop thread) while the loop runs. Must be cheap and must not block."""
+
     def audit(self) -> list[Finding]:
         """What this detector would report if the loop shut down now."""
         return []
