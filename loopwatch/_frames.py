@@ -23,6 +23,7 @@ __all__ = [
     "frame_of",
     "is_library",
     "pick_site",
+    "raw_site",
 ]
 
 #: (code, lasti, code, lasti, ...), innermost first
@@ -69,28 +70,53 @@ def capture(depth: int, skip: int = 1) -> RawStack:
     return tuple(out)
 
 
+# (id(code), lasti) -> (code, line). The code object is kept in the value so that an
+# id reused by a new code object is noticed; hashing code objects themselves is slow.
+_lines: dict[tuple[int, int], tuple[CodeType, int]] = {}
+
+
 def line_of(code: CodeType, lasti: int) -> int:
     """The source line of instruction offset ``lasti`` in ``code``."""
-    if lasti < 0:
-        return code.co_firstlineno
+    key = (id(code), lasti)
+    hit = _lines.get(key)
+    if hit is not None and hit[0] is code:
+        return hit[1]
     line = None
-    for start, end, lineno in code.co_lines():
-        if start <= lasti < end:
-            line = lineno
-            break
-    return line if line is not None else code.co_firstlineno
+    if lasti >= 0:
+        for start, end, lineno in code.co_lines():
+            if start <= lasti < end:
+                line = lineno
+                break
+    result = line if line is not None else code.co_firstlineno
+    if len(_lines) > 50_000:
+        _lines.clear()
+    _lines[key] = (code, result)
+    return result
 
 
 def _qualname(code: CodeType) -> str:
     return getattr(code, "co_qualname", code.co_name)
 
 
+# (id(code), lasti) -> (code, Frame): tasks made at one place share their frames.
+_frame_cache: dict[tuple[int, int], tuple[CodeType, Frame]] = {}
+
+
+def _frame(code: CodeType, lasti: int) -> Frame:
+    key = (id(code), lasti)
+    hit = _frame_cache.get(key)
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    frame = Frame(_abspath(code.co_filename), line_of(code, lasti), _qualname(code))
+    if len(_frame_cache) > 50_000:
+        _frame_cache.clear()
+    _frame_cache[key] = (code, frame)
+    return frame
+
+
 def format_raw(raw: RawStack) -> list[Frame]:
     """Turn a raw stack (innermost first) into frames, outermost first, like a traceback."""
-    frames = []
-    for i in range(0, len(raw) - 1, 2):
-        code, lasti = raw[i], raw[i + 1]
-        frames.append(Frame(_abspath(code.co_filename), line_of(code, lasti), _qualname(code)))
+    frames = [_frame(raw[i], raw[i + 1]) for i in range(0, len(raw) - 1, 2)]
     frames.reverse()
     return frames
 
@@ -141,6 +167,9 @@ def _library_roots() -> tuple[str, ...]:
 _roots_cache: tuple[int, tuple[str, ...]] | None = None
 
 
+_library_cache: dict[str, bool] = {}
+
+
 def is_library(file: str) -> bool:
     """Whether ``file`` belongs to asyncio, anyio, pytest or loopwatch plumbing.
 
@@ -150,13 +179,36 @@ def is_library(file: str) -> bool:
     n = len(sys.modules)
     if _roots_cache is None or _roots_cache[0] != n:
         _roots_cache = (n, _library_roots())
-    roots = _roots_cache[1]
+        _library_cache.clear()
+    try:
+        return _library_cache[file]
+    except KeyError:
+        pass
+    result = _is_library(file, _roots_cache[1])
+    if len(_library_cache) < 10_000:
+        _library_cache[file] = result
+    return result
+
+
+def _is_library(file: str, roots: tuple[str, ...]) -> bool:
     if file.startswith("<frozen"):
         return True
     if "site-packages" in file or "dist-packages" in file:
         return any(file.startswith(r) for r in roots
                    if "site-packages" in r or "dist-packages" in r)
     return any(file.startswith(r) for r in roots)
+
+
+def raw_site(raw: RawStack) -> Frame | None:
+    """``pick_site`` of a raw stack, formatting only the frames it has to look at."""
+    first = None
+    for i in range(0, len(raw) - 1, 2):
+        frame = _frame(raw[i], raw[i + 1])
+        if not is_library(frame.file):
+            return frame
+        if first is None:
+            first = frame
+    return first
 
 
 def pick_site(frames: Sequence[Frame]) -> Frame | None:

@@ -36,17 +36,7 @@ _current_task = asyncio.current_task
 _getframe = sys._getframe
 _tasks_create_task = asyncio.tasks.create_task.__code__
 
-if hasattr(sys, "_getframemodulename"):
-    _modname = sys._getframemodulename
-
-    def _caller() -> Any:
-        """The frame that called ``loop.create_task`` (past ``asyncio.create_task``)."""
-        return _getframe(3 if _modname(2) == "asyncio.tasks" else 2)
-else:
-    def _caller() -> Any:
-        """The frame that called ``loop.create_task`` (past ``asyncio.create_task``)."""
-        f = _getframe(2)
-        return f.f_back if f.f_code is _tasks_create_task else f
+_modname: Callable[[int], str | None] | None = getattr(sys, "_getframemodulename", None)
 
 
 _RUNNER_FILES = ("asyncio/runners.py", "anyio/_backends/_asyncio.py")
@@ -75,6 +65,7 @@ class _WatchedLoopMixin:
         loop: Any = self
         self._lw_watcher = Watcher(loop, options, base=base)
         self._lw_user_factory: Callable[..., Any] | None = None
+        self._lw_slow = bool(self.get_debug())  # type: ignore[attr-defined]
         self._lw_depth = options.stack_depth
         self._lw_task_class = self._lw_watcher.task_class
         # Tasks made through create_task are recorded by create_task below; the
@@ -89,33 +80,42 @@ class _WatchedLoopMixin:
         if factory is not None and not callable(factory):
             raise TypeError(f"task factory must be a callable or None, got {factory!r}")
         self._lw_user_factory = factory
+        self._lw_slow = factory is not None or bool(self.get_debug())  # type: ignore[attr-defined]
         chained = make_task_factory(self._lw_watcher, chained=factory)
         super().set_task_factory(chained)  # type: ignore[misc]
 
     def get_task_factory(self) -> Callable[..., Any] | None:
         return self._lw_user_factory
 
-    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        # The common case, done here rather than through the task factory: one Python
-        # call less for every task. Anything unusual takes the factory path.
-        if self._lw_user_factory is not None or self.get_debug():  # type: ignore[attr-defined]
-            return super().create_task(coro, **kwargs)  # type: ignore[misc, no-any-return]
-        name = kwargs.pop("name", None)
-        if kwargs:
-            if kwargs.get("eager_start") is None:
-                kwargs.pop("eager_start", None)
-            if set(kwargs) - {"context"} or (
-                    kwargs.get("context") is not None and sys.version_info < (3, 11)):
-                kwargs["name"] = name
-                return super().create_task(coro, **kwargs)  # type: ignore[misc, no-any-return]
-        if self.is_closed():  # type: ignore[attr-defined]
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)  # type: ignore[misc]
+        self._lw_slow = bool(enabled) or getattr(self, "_lw_user_factory", None) is not None
+
+    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None,
+                    **kwargs: Any) -> asyncio.Task[Any]:
+        # The common case is done here rather than through the task factory: one Python
+        # call less for every task. Anything unusual (a chained factory, debug mode,
+        # eager_start, a closed loop) takes the base loop's path and the factory.
+        if self._lw_slow or kwargs or self._closed:  # type: ignore[attr-defined]
+            if context is not None:
+                kwargs["context"] = context
             return super().create_task(coro, name=name, **kwargs)  # type: ignore[misc, no-any-return]
         loop: Any = self
-        task = self._lw_task_class(coro, loop=loop, name=name, **kwargs)
+        if context is None:
+            task = self._lw_task_class(coro, loop=loop, name=name)
+        else:
+            task = self._lw_task_class(coro, loop=loop, name=name,
+                                       context=context)  # type: ignore[call-arg]
         task._lw_id = next(_ids)
         depth = self._lw_depth
         if depth:
-            f = _caller()
+            f: Any
+            if _modname is not None:  # 3.12+: skip asyncio.create_task without materializing it
+                f = _getframe(2 if _modname(1) == "asyncio.tasks" else 1)
+            else:
+                f = _getframe(1)
+                if f.f_code is _tasks_create_task:
+                    f = f.f_back
             out: list[Any] = []
             while f is not None and depth:
                 code = f.f_code

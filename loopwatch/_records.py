@@ -253,8 +253,25 @@ class FinishedTask:
         self.detail = detail
 
 
+_coro_names: dict[int, tuple[Any, str]] = {}
+
+
 def coro_name(coro: Any) -> str:
     """The qualified name of a coroutine (or awaitable) as shown to people."""
+    code = getattr(coro, "cr_code", None)
+    if code is not None:
+        hit = _coro_names.get(id(code))
+        if hit is not None and hit[0] is code and hit[1].endswith(coro.__qualname__):
+            return hit[1]
+        name = _coro_name(coro)
+        if len(_coro_names) > 10_000:
+            _coro_names.clear()
+        _coro_names[id(code)] = (code, name)
+        return name
+    return _coro_name(coro)
+
+
+def _coro_name(coro: Any) -> str:
     qualname = getattr(coro, "__qualname__", None)
     if qualname is None:
         qualname = type(coro).__qualname__

@@ -36,7 +36,7 @@ def all_watchers() -> list[Watcher]:
     return sorted(_watchers, key=lambda w: w.serial)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class TaskInfo:
     """A task as loopwatch sees it, at one moment. Holds no reference to the task."""
 
@@ -271,28 +271,37 @@ class Watcher:
         return infos
 
     def info(self, task: asyncio.Future[Any], *, now: float | None = None,
-             awaiting: bool = True) -> TaskInfo:
-        """A :class:`TaskInfo` for one task."""
+             awaiting: bool = True, stack: bool = True) -> TaskInfo:
+        """A :class:`TaskInfo` for one task.
+
+        ``awaiting=False`` skips reading the await chain and ``stack=False`` formats only
+        the creation site, not the whole stack: the cheap form for listing many tasks.
+        """
         if now is None:
             now = time.monotonic()
-        stack = tuple(_frames.format_raw(getattr(task, "_lw_stack", ()) or ()))
+        raw = getattr(task, "_lw_stack", None) or ()
+        if stack:
+            frames = tuple(_frames.format_raw(raw))
+            site = _frames.pick_site(frames)
+        else:
+            frames = ()
+            site = _frames.raw_site(raw)
         created = getattr(task, "_lw_created", None)
         parent = getattr(task, "_lw_parent", 0)
-        ref = task_ref(task)
-        state = _state(task)
-        waiting = describe(task, self.loop) if awaiting and state == "pending" else None
-        parked = self.parked_for(task, now) if state == "pending" else None
+        state = "pending" if not task.done() else _state(task)
+        pending = state == "pending"
+        get_coro = getattr(task, "get_coro", None)
         return TaskInfo(
-            id=ref.id,
-            name=ref.name,
-            coro=ref.coro,
+            id=f"T{task_id(task)}",
+            name=task.get_name() if hasattr(task, "get_name") else "",
+            coro=coro_name(get_coro()) if get_coro is not None else type(task).__name__,
             state=state,
-            site=_frames.pick_site(stack),
-            stack=stack,
+            site=site,
+            stack=frames,
             age=(now - created) if created is not None else None,
             parent=f"T{parent}" if parent else None,
-            parked_for=parked,
-            awaiting=waiting,
+            parked_for=self.parked_for(task, now) if pending else None,
+            awaiting=describe(task, self.loop) if awaiting and pending else None,
         )
 
     def finished_info(self, record: FinishedTask, now: float) -> TaskInfo:
