@@ -32,6 +32,8 @@ class Options:
     console: str | None = None
     #: allow the console's ``eval`` command (runs code in the process)
     allow_eval: bool = False
+    #: seconds a console client may stay silent before the console closes its connection
+    console_idle_timeout: float = 300.0
     #: full coroutine origin tracking for ``never_awaited`` (costly; on in tests)
     track_origins: bool = False
     #: the stall watchdog and loop-lag heartbeat
@@ -49,6 +51,7 @@ class Options:
         _check_seconds("parked_after", self.parked_after)
         _check_seconds("stall_after", self.stall_after)
         _check_seconds("heartbeat", self.heartbeat, allow_zero=False)
+        _check_seconds("console_idle_timeout", self.console_idle_timeout, allow_zero=False)
         if self.console is not None and not isinstance(self.console, str):
             raise OptionsError(
                 f"console must be an address string such as 'unix:/tmp/app.sock' or "
