@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
+import sys
 from collections.abc import Iterable, Iterator
 from types import FrameType
 from typing import Any
@@ -142,17 +144,33 @@ _KNOWN: dict[tuple[str, str], str] = {
     ("anyio._core._eventloop", "sleep_forever"): "sleep_forever",
 }
 
-_MODULE_OF_FILE: dict[str, str] = {}
+_known_codes: tuple[int, dict[int, tuple[Any, str]]] | None = None
 
 
-def _module(frame: FrameType) -> str:
-    name = frame.f_globals.get("__name__")
-    return name if isinstance(name, str) else ""
+def _known() -> dict[int, tuple[Any, str]]:
+    """``_KNOWN`` by code object (id -> (code, kind)): exact on every Python version
+    (3.10 code objects have no qualified name)."""
+    global _known_codes
+    n = len(sys.modules)
+    if _known_codes is not None and _known_codes[0] == n:
+        return _known_codes[1]
+    table: dict[int, tuple[Any, str]] = {}
+    for (module, qualname), kind in _KNOWN.items():
+        obj: Any = sys.modules.get(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+        obj = inspect.unwrap(obj) if callable(obj) else obj
+        code = getattr(obj, "__code__", None)
+        if code is not None:
+            table[id(code)] = (code, kind)
+    _known_codes = (n, table)
+    return table
 
 
-def _qual(frame: FrameType) -> str:
+def _kind_of(frame: FrameType) -> str | None:
     code = frame.f_code
-    return getattr(code, "co_qualname", code.co_name)
+    hit = _known().get(id(code))
+    return hit[1] if hit is not None and hit[0] is code else None
 
 
 def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None = None) -> Awaiting:
@@ -166,8 +184,7 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
     waits: tuple[int, ...] = ()
     known_frame: FrameType | None = None
     for live, _ in reversed(chain):  # innermost first
-        key = (_module(live), _qual(live))
-        kind = _KNOWN.get(key)
+        kind = _kind_of(live)
         if kind is None:
             continue
         if kind == "wait_for":

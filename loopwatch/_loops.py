@@ -39,6 +39,7 @@ _tasks_create_task = asyncio.tasks.create_task.__code__
 _modname: Callable[[int], str | None] | None = getattr(sys, "_getframemodulename", None)
 
 
+_SHUTDOWN_STEPS = frozenset({"shutdown_asyncgens", "shutdown_default_executor"})
 _RUNNER_FILES = ("asyncio/runners.py", "anyio/_backends/_asyncio.py")
 
 
@@ -81,8 +82,12 @@ class _WatchedLoopMixin:
             raise TypeError(f"task factory must be a callable or None, got {factory!r}")
         self._lw_user_factory = factory
         self._lw_slow = factory is not None or bool(self.get_debug())  # type: ignore[attr-defined]
-        chained = make_task_factory(self._lw_watcher, chained=factory)
-        super().set_task_factory(chained)  # type: ignore[misc]
+        if factory is not None and factory is getattr(asyncio, "eager_task_factory", None):
+            # Eager tasks of our own class: same eagerness, and the history keeps them.
+            ours = make_task_factory(self._lw_watcher, eager=True)
+        else:
+            ours = make_task_factory(self._lw_watcher, chained=factory)
+        super().set_task_factory(ours)  # type: ignore[misc]
 
     def get_task_factory(self) -> Callable[..., Any] | None:
         return self._lw_user_factory
@@ -141,7 +146,9 @@ class _WatchedLoopMixin:
             self._lw_watcher._loop_stopped()
 
     def run_until_complete(self, future: Any) -> Any:
-        by_runner = _called_by_runner()
+        # (3.10's asyncio.run also shuts down from the same function: not a main run.)
+        by_runner = _called_by_runner() and getattr(
+            getattr(future, "cr_code", None), "co_name", "") not in _SHUTDOWN_STEPS
         if not by_runner:
             return super().run_until_complete(future)  # type: ignore[misc]
         # The main coroutine of asyncio.run / Runner.run: when it returns, whatever is

@@ -139,8 +139,13 @@ else:
 def make_task_factory(
     watcher: Watcher,
     chained: Callable[..., asyncio.Future[Any]] | None = None,
+    *,
+    eager: bool = False,
 ) -> Callable[..., asyncio.Future[Any]]:
-    """The task factory of a watched loop: records every task, chains ``chained``."""
+    """The task factory of a watched loop: records every task, chains ``chained``.
+
+    ``eager=True`` starts tasks eagerly by default, like ``asyncio.eager_task_factory``.
+    """
     depth = watcher.options.stack_depth
     ids = _ids
     monotonic = _monotonic
@@ -173,6 +178,8 @@ def make_task_factory(
         def loopwatch_task_factory(
             loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
         ) -> asyncio.Future[Any]:
+            if eager and kwargs.get("eager_start") is None:
+                kwargs["eager_start"] = True
             if kwargs and "eager_start" in kwargs:
                 if kwargs["eager_start"] is None:
                     del kwargs["eager_start"]
@@ -194,21 +201,40 @@ def make_task_factory(
 
     else:
         prev = chained
+        history = watcher.history if watcher.options.history else None
 
         def loopwatch_task_factory(
             loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
         ) -> asyncio.Future[Any]:
+            if "eager_start" in kwargs and kwargs["eager_start"] is None:
+                # uvloop passes eager_start=None; factories written for 3.12-3.13.0
+                # (asyncio.eager_task_factory among them) do not accept it.
+                del kwargs["eager_start"]
             stack = capture(1)
             task = prev(loop, coro, **kwargs)
             if getattr(task, "_lw_id", None) is None:
                 try:
                     _fill(task, stack, loop)
                 except AttributeError:
-                    pass  # a future type that takes no attributes: listed without a record
+                    return task  # a future type that takes no attributes: no record
+                if history is not None and not isinstance(task, WatchedTask):
+                    task.add_done_callback(_foreign_done(history.append))
             return task
 
     loopwatch_task_factory.__loopwatch__ = True  # type: ignore[attr-defined]
     return loopwatch_task_factory
+
+
+def _foreign_done(sink: Callable[[tuple[Any, ...]], None]) -> Callable[[Any], None]:
+    """A done callback that puts a task made by a chained factory in the history."""
+
+    def done(task: Any) -> None:
+        exc = None if task.cancelled() else task._exception
+        sink((task._lw_id, task._lw_stack, task._lw_created, task._lw_parent, task._state,
+              task.get_coro(), task.get_name(),
+              f"{type(exc).__name__}: {exc}"[:200] if exc is not None else "", _monotonic()))
+
+    return done
 
 
 def _fill(task: Any, stack: RawStack, loop: asyncio.AbstractEventLoop) -> None:

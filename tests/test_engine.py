@@ -274,6 +274,9 @@ def test_eager_task_factory_stays_eager() -> None:
         order.append("after create_task")
         assert order == ["child started", "after create_task"]
         await t
+        del t  # the history holds tasks that finished and were released
+        await asyncio.sleep(0)
+        gc.collect()
         (info,) = [i for i in loopwatch.watcher().tasks(history=True) if i.coro.endswith("child")]
         assert info.site is not None and info.site.function.endswith("main")
 
