@@ -113,25 +113,28 @@ class _WatchedLoopMixin:
                                        context=context)  # type: ignore[call-arg]
         task._lw_id = next(_ids)
         depth = self._lw_depth
-        if depth:
-            f: Any
-            if _modname is not None:  # 3.12+: skip asyncio.create_task without materializing it
-                f = _getframe(2 if _modname(1) == "asyncio.tasks" else 1)
-            else:
-                f = _getframe(1)
-                if f.f_code is _tasks_create_task:
+        try:
+            if depth:
+                f: Any
+                if _modname is not None:  # 3.12+: skip asyncio.create_task unmaterialized
+                    f = _getframe(2 if _modname(1) == "asyncio.tasks" else 1)
+                else:
+                    f = _getframe(1)
+                    if f.f_code is _tasks_create_task:
+                        f = f.f_back
+                out: list[Any] = []
+                while f is not None and depth:
+                    code = f.f_code
+                    if code is _STOP:
+                        break
+                    out.append(code)
+                    out.append(f.f_lasti)
                     f = f.f_back
-            out: list[Any] = []
-            while f is not None and depth:
-                code = f.f_code
-                if code is _STOP:
-                    break
-                out.append(code)
-                out.append(f.f_lasti)
-                f = f.f_back
-                depth -= 1
-            task._lw_stack = tuple(out)
-        else:
+                    depth -= 1
+                task._lw_stack = tuple(out)
+            else:
+                task._lw_stack = ()
+        except Exception:  # never let recording break create_task (SPEC 3)
             task._lw_stack = ()
         task._lw_created = _monotonic()
         parent = _current_task(loop)

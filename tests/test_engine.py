@@ -347,3 +347,32 @@ def test_report_json_round_trip() -> None:
         assert frame["file"].startswith("/")
     again = loopwatch.Report.from_json(report.to_json())
     assert again.to_dict() == data
+
+
+def test_loop_factory_with_a_callable_base_attaches() -> None:
+    if BASE_LOOP == "uvloop":
+        import uvloop
+
+        make = uvloop.new_event_loop
+    else:
+        make = asyncio.new_event_loop
+    loop = loopwatch.loop_factory(make, log=False)()
+    w = loopwatch.watcher(loop)
+    assert w.attached
+    loop.run_until_complete(leave_straggler())
+    loop.close()
+    assert [f.task.name for f in stragglers(w) if f.task] == ["left-behind"]
+
+
+def test_tasks_survive_recording_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    import loopwatch._loops as loops
+
+    def broken(depth: int) -> object:
+        raise RuntimeError("inside loopwatch")
+
+    monkeypatch.setattr(loops, "_getframe", broken)
+
+    async def main() -> int:
+        return await asyncio.create_task(asyncio.sleep(0, 7))
+
+    assert loopwatch.run(main(), loop=BASE_LOOP, log=False) == 7
