@@ -28,6 +28,7 @@ __all__ = [
     "report_renderable",
     "short_path",
     "stack_renderable",
+    "summary_renderable",
     "task_table",
     "task_tree",
 ]
@@ -114,6 +115,22 @@ def report_renderable(report: Report, *, stacks: bool = True) -> RenderableType:
             style="dim"))
     for note in report.notes:
         parts.append(Text(f"note: {note}", style="yellow"))
+    return Group(*parts)
+
+
+def summary_renderable(report: Report) -> RenderableType:
+    """The short form of a report: its summary line, then one line per finding (kind,
+    message, site), without stacks. ``loopwatch run`` prints it at exit."""
+    parts: list[RenderableType] = [Text(report.summary(), style="bold")]
+    for finding in report.findings:
+        line = Text("  ")
+        line.append(finding.kind, style="bold red")
+        line.append(f": {finding.message}")
+        if finding.site is not None:
+            line.append(" (")
+            line.append(_where(finding.site), style="cyan")
+            line.append(f" in {finding.site.function})")
+        parts.append(line)
     return Group(*parts)
 
 
