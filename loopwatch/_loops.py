@@ -9,13 +9,14 @@ handler, the loop closes. Everything else is the base loop's own code.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ._exceptions import NotWatchedError, OptionsError
+from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._options import Options, make_options
 from ._records import _STOP, _ids, make_task_factory, record_existing
 from ._watcher import Watcher
@@ -74,7 +75,7 @@ class _WatchedLoopMixin:
         super().set_task_factory(make_task_factory(self._lw_watcher))  # type: ignore[misc]
         self._lw_watcher.install_detectors()
         if options.console and options.console != "off":
-            self._lw_watcher.start_console(options.console)
+            _start_console(self._lw_watcher, options.console)
 
     # The task factory is ours; a program that sets its own gets it chained.
     def set_task_factory(self, factory: Callable[..., Any] | None) -> None:
@@ -382,8 +383,19 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     if running:
         w._loop_started()
     if options.console and options.console != "off":
-        w.start_console(options.console)
+        _start_console(w, options.console)
     return w
+
+
+def _start_console(w: Watcher, address: str) -> None:
+    """The console the options ask for; one that cannot start is a warning, not a crash
+    (the program runs on without it)."""
+    try:
+        w.start_console(address)
+    except ConsoleError as exc:
+        logging.getLogger("loopwatch").warning("loopwatch: the console did not start: %s; "
+                                               "the program runs on", exc)
+        w.notes.append(f"the console did not start: {exc}")
 
 
 def _resolve_base(loop: BaseSpec) -> Callable[[], asyncio.AbstractEventLoop] | str | None:
