@@ -44,6 +44,15 @@ class Options:
     disabled: frozenset[str] = frozenset()
     #: log each new finding once on the ``loopwatch`` logger (WARNING)
     log: bool = True
+    #: seconds between the task snapshots that ``task_growth`` compares
+    growth_every: float = 10.0
+    #: live tasks one creation site must gain over three consecutive snapshots (each one
+    #: higher than the last) before ``task_growth`` reports it
+    growth_min: int = 10
+    #: ResourceWarnings about transports and sockets (``unclosed_resource``): ``None``
+    #: listens to those the program shows (its own filters decide; nothing is changed),
+    #: ``True`` also turns them on for loopwatch alone (``loopwatch run``), ``False`` ignores them
+    resource_warnings: bool | None = None
 
     def __post_init__(self) -> None:
         _check_int("stack_depth", self.stack_depth, low=0, high=256)
@@ -51,6 +60,11 @@ class Options:
         _check_seconds("parked_after", self.parked_after)
         _check_seconds("stall_after", self.stall_after)
         _check_seconds("heartbeat", self.heartbeat, allow_zero=False)
+        _check_seconds("growth_every", self.growth_every, allow_zero=False)
+        _check_int("growth_min", self.growth_min, low=1, high=10_000_000)
+        if self.resource_warnings not in (None, True, False):
+            raise OptionsError(f"resource_warnings must be True, False or None, "
+                               f"got {self.resource_warnings!r}")
         _check_seconds("console_idle_timeout", self.console_idle_timeout, allow_zero=False)
         if self.console is not None and not isinstance(self.console, str):
             raise OptionsError(
