@@ -41,12 +41,13 @@ _modname: Callable[[int], str | None] | None = getattr(sys, "_getframemodulename
 
 
 _SHUTDOWN_STEPS = frozenset({"shutdown_asyncgens", "shutdown_default_executor"})
-_RUNNER_FILES = ("asyncio/runners.py", "anyio/_backends/_asyncio.py")
+_RUNNER_FILES = ("asyncio/runners.py", "anyio/_backends/_asyncio.py", "uvloop/__init__.py")
 
 
 def _called_by_runner() -> bool:
     """Whether ``run_until_complete`` was called by a runner's ``run`` (asyncio's
-    ``Runner.run``, 3.10's ``asyncio.run``, anyio's 3.10 copy of ``Runner``)."""
+    ``Runner.run``, 3.10's ``asyncio.run``, anyio's 3.10 copy of ``Runner``, uvloop's
+    3.10 copy of ``asyncio.run`` in ``uvloop.run``)."""
     try:
         frame = sys._getframe(2)
     except ValueError:
