@@ -24,8 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python $(PIP_INSTALL) -e '.[$(EXTRAS)]'
 	@touch $@
 
+# A short parked threshold so that a two-second demo shows a parked task; --verbose
+# prints every finding in full (site, stacks, hint) after the summary.
 demo: $(VENV)
-	$(VENV)/bin/loopwatch run examples/demo.py
+	$(VENV)/bin/loopwatch run --parked-after 0.5 --verbose examples/demo.py
 
 lint: $(VENV)
 	$(VENV)/bin/ruff check $(wildcard loopwatch tests examples benchmarks)

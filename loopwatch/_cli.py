@@ -118,6 +118,16 @@ def _console(text: str) -> str | None:
         return None
     if value.lower() == "auto":
         return "auto"
+    try:
+        from .console.server import parse_address
+    except ImportError:  # a build without the console: check the form here
+        pass
+    else:
+        try:
+            parse_address(value)
+        except LoopwatchError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
     if value.startswith("unix:"):
         if len(value) == len("unix:"):
             raise argparse.ArgumentTypeError("unix: needs a path, as in unix:/tmp/app.sock")

@@ -419,6 +419,10 @@ class _Session:
         watcher = getattr(loop, "_lw_watcher", None)
         if watcher is None or watcher.console is not None:
             return loop
+        if any(w.console is not None for w in self.watchers if w is not watcher):
+            # One console per process at a time: it serves the first live loop, and the
+            # next new loop gets it when that one closes (two could not share the address).
+            return loop
         try:
             watcher.start_console(address)
         except ConsoleError as exc:

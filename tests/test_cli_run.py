@@ -551,3 +551,83 @@ def test_version_and_run_help(tmp_path: Path) -> None:
                    "--report", "--fail-on", "--dump-on-signal", "--dump-after",
                    "--track-origins", "-m MODULE"):
         assert option in helped.stdout
+
+
+def test_help_lists_every_command() -> None:
+    result = subprocess.run([*LOOPWATCH, "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    for command in ("run ps tree where parked stalls lag cancel audit findings growth stack "
+                    "dump console top").split():
+        assert f"    {command} " in result.stdout, command
+
+
+# -- the console of a program run under `loopwatch run` -------------------------------------
+
+SERVED = """\
+import asyncio, os, sys
+
+async def forever():
+    await asyncio.Event().wait()
+
+async def main():
+    task = asyncio.create_task(forever(), name="waiting-worker")
+    print(os.getpid(), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    task.cancel()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("console", ["auto", "off"])
+def test_console_is_on_by_default(tmp_path: Path, console: str) -> None:
+    script = write(tmp_path, "app.py", SERVED)
+    proc = subprocess.Popen([*LOOPWATCH, "run", *BASE_FLAGS, "--console", console, str(script)],
+                            cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        pid = proc.stdout.readline().strip()
+        ps = subprocess.run([*LOOPWATCH, "ps", pid, "--json"], capture_output=True, text=True,
+                            timeout=30)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    if console == "off":
+        assert ps.returncode != 0
+        return
+    assert ps.returncode == 0, ps.stderr
+    assert "waiting-worker" in ps.stdout
+
+
+def test_busy_console_address_is_one_line_and_the_program_runs_on(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "busy.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(str(path))
+        busy.listen()
+        script = write(tmp_path, "app.py", "import asyncio\nasyncio.run(asyncio.sleep(0))\n"
+                                           "print('ran')\n")
+        result = run("--console", f"unix:{path}", script, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "ran\n")
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("loopwatch: the console did not start: ") and str(path) in line
+
+
+# -- the demo -----------------------------------------------------------------------------------
+
+
+def test_demo_shows_several_kinds_of_findings_and_exits_0(tmp_path: Path) -> None:
+    demo = Path(__file__).parent.parent / "examples" / "demo.py"
+    result = run("--parked-after", "0.5", "--report", "r.json", demo, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("all orders processed\n")
+    kinds = load(tmp_path / "r.json")["summary"]
+    for kind in ("straggler", "stall", "parked", "never_awaited", "unretrieved_exception"):
+        assert kinds.get(kind), (kind, kinds)
