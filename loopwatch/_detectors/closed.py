@@ -1,0 +1,608 @@
+"""``post_close_call`` and ``dropped_callback``: work that met a closed loop.
+
+Both are learned from thin wrappers installed as instance attributes of the loop
+(a watched loop class, or any loop that takes attributes; uvloop's ``Loop``
+subclasses do):
+
+- ``post_close_call``: the wrappers are installed by :meth:`after_close`, so an
+  open loop pays nothing. Each records the caller (stack, thread) and then calls
+  the original, which raises ``RuntimeError: Event loop is closed`` as before: the
+  call is recorded even when the caller catches that error. They stay in place
+  after the loop closed, so calls made by non-daemon threads during interpreter
+  shutdown (those threads are joined before ``atexit``) are still recorded.
+- ``dropped_callback``: ``call_later`` and ``call_at`` are wrapped from the start
+  (a ``TimerHandle`` has no record of where it was made outside debug mode). A
+  wrapper notes only the caller's code object and instruction offset, next to a
+  weak reference to the handle; timers made by asyncio, anyio or loopwatch on
+  behalf of an ``await`` are not noted (the task that awaits is what gets
+  reported). When the loop closes, the timers still scheduled, and on asyncio's
+  loop the ``call_soon`` callbacks still queued, are the findings.
+
+The helpers shared by the event detectors (instance-attribute patches that undo in
+reverse order, the "is this user code" cache, callback names) live here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any
+
+from .._frames import Frame, RawStack, format_raw, is_library, pick_site
+from .._records import coro_name
+from .._report import Finding
+from . import Detector
+
+__all__ = [
+    "DroppedCallbackDetector",
+    "EventDetector",
+    "LoopPatches",
+    "PostCloseDetector",
+    "callable_name",
+    "callable_site",
+    "code_site",
+    "is_loopwatch_callable",
+    "is_loopwatch_file",
+    "is_plumbing_callback",
+    "is_user_code",
+    "raw_from",
+]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+# -- shared helpers -------------------------------------------------------------------
+
+
+class EventDetector(Detector):
+    """A detector whose wrappers run outside the watcher's guarded hooks.
+
+    A wrapper that catches an internal error calls :meth:`failed`, which goes through
+    the watcher's guard: the error is reported once and this detector is switched off.
+    """
+
+    def failed(self, exc: BaseException) -> None:
+        if self.enabled:
+            self.watcher.call(self, "_reraise", exc)
+
+    def _reraise(self, exc: BaseException) -> None:
+        raise exc
+
+
+class LoopPatches:
+    """Instance-attribute wrappers on one loop, undone in reverse order.
+
+    A wrapper that somebody else wrapped again after us is left in place on undo
+    (removing it would remove theirs too); every wrapper passes straight through
+    once its detector is switched off, so a wrapper left behind is inert.
+    """
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self._done: list[tuple[str, Any, bool, Any]] = []
+
+    def wrap(self, name: str, make: Callable[[Any], Any]) -> bool:
+        """Replace ``loop.<name>`` by ``make(current)``; False when the loop takes no
+        attributes or has no such method."""
+        loop = self.loop
+        current = getattr(loop, name, None)
+        if current is None:
+            return False
+        try:
+            own = vars(loop)
+        except TypeError:
+            return False
+        had = name in own
+        previous = own.get(name)
+        wrapper = make(current)
+        try:
+            setattr(loop, name, wrapper)
+        except (AttributeError, TypeError):
+            return False
+        self._done.append((name, wrapper, had, previous))
+        return True
+
+    def undo(self) -> None:
+        loop = self.loop
+        while self._done:
+            name, wrapper, had, previous = self._done.pop()
+            try:
+                if vars(loop).get(name) is not wrapper:
+                    continue
+                if had:
+                    setattr(loop, name, previous)
+                else:
+                    delattr(loop, name)
+            except (AttributeError, TypeError):
+                pass
+
+
+_user_codes: dict[CodeType, bool] = {}
+
+
+def is_user_code(code: CodeType) -> bool:
+    """Whether ``code`` is the program's own (not asyncio, anyio, pytest or loopwatch
+    plumbing). Cached per code object: this runs on hot paths."""
+    try:
+        return _user_codes[code]
+    except KeyError:
+        pass
+    filename = code.co_filename
+    result = not is_library(filename if filename.startswith("<") else os.path.abspath(filename))
+    if len(_user_codes) > 50_000:
+        _user_codes.clear()
+    _user_codes[code] = result
+    return result
+
+
+def is_loopwatch_file(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR)
+
+
+def raw_from(frame: FrameType | None, depth: int) -> RawStack:
+    """The raw stack (``code, lasti, ...``, innermost first) from ``frame`` outwards."""
+    out: list[Any] = []
+    while frame is not None and depth > 0:
+        out.append(frame.f_code)
+        out.append(frame.f_lasti)
+        frame = frame.f_back
+        depth -= 1
+    return tuple(out)
+
+
+def code_site(code: CodeType, lasti: int) -> Frame:
+    """One raw frame as a :class:`Frame`."""
+    (frame,) = format_raw((code, lasti))
+    return frame
+
+
+def _unwrap(cb: Any) -> Any:
+    for _ in range(10):
+        if isinstance(cb, functools.partial):
+            cb = cb.func
+        else:
+            break
+    return cb
+
+
+def callable_name(cb: Any) -> str:
+    """A callback as people name it: ``Worker.on_tick``, ``print``, ``T4.cancel``."""
+    cb = _unwrap(cb)
+    if asyncio.iscoroutine(cb):
+        return coro_name(cb)
+    name = getattr(cb, "__qualname__", None) or getattr(cb, "__name__", None)
+    if isinstance(name, str):
+        return name
+    text = repr(cb)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _code_of(cb: Any) -> CodeType | None:
+    cb = _unwrap(cb)
+    cb = getattr(cb, "__func__", cb)
+    code = getattr(cb, "__code__", None)
+    if isinstance(code, CodeType):
+        return code
+    call = type(cb).__dict__.get("__call__")
+    code = getattr(call, "__code__", None)
+    return code if isinstance(code, CodeType) else None
+
+
+def callable_site(cb: Any) -> Frame | None:
+    """Where a callback is defined (its ``def`` line), when it is Python code."""
+    code = _code_of(cb)
+    if code is None:
+        return None
+    return code_site(code, -1)
+
+
+def is_loopwatch_callable(cb: Any) -> bool:
+    code = _code_of(cb)
+    return code is not None and is_loopwatch_file(code.co_filename)
+
+
+def is_plumbing_callback(cb: Any) -> bool:
+    """A callback that belongs to asyncio's, anyio's or loopwatch's machinery, or to a
+    future or task (reported through that task, not as a lost callback)."""
+    cb = _unwrap(cb)
+    owner = getattr(cb, "__self__", None)
+    if isinstance(owner, asyncio.Future) or isinstance(owner, asyncio.AbstractEventLoop):
+        return True
+    if type(cb).__name__ == "TaskStepMethWrapper":
+        return True
+    code = _code_of(cb)
+    if code is not None:
+        return not is_user_code(code)
+    module = getattr(cb, "__module__", None) or ""
+    return isinstance(module, str) and module.split(".")[0] in ("asyncio", "_asyncio", "loopwatch",
+                                                                "anyio", "uvloop")
+
+
+# -- post_close_call ------------------------------------------------------------------
+
+#: loop methods that schedule work or run the loop; on a closed loop each raises
+#: ``RuntimeError: Event loop is closed`` (``create_future`` does not, but nothing
+#: can ever complete what it makes)
+CALL_INS = (
+    "call_soon",
+    "call_soon_threadsafe",
+    "call_later",
+    "call_at",
+    "create_task",
+    "create_future",
+    "run_in_executor",
+    "run_until_complete",
+    "run_forever",
+    "add_reader",
+    "add_writer",
+    "add_signal_handler",
+)
+
+#: position of the scheduled callable among the positional arguments of each method
+_TARGET_ARG = {"call_soon": 0, "call_soon_threadsafe": 0, "call_later": 1, "call_at": 1,
+               "create_task": 0, "run_in_executor": 1, "run_until_complete": 0,
+               "add_reader": 1, "add_writer": 1, "add_signal_handler": 1}
+
+POST_CLOSE_HINT = (
+    "something outlived the loop (a thread, a timer, a callback, a finalizer): stop it "
+    "before the loop closes (signal the thread and join it, cancel the timer, await the "
+    "work); checking loop.is_closed() before the call only narrows the race"
+)
+
+
+class PostCloseDetector(EventDetector):
+    name = "post_close_call"
+    kinds = ("post_close_call",)
+
+    def __init__(self, watcher: Any) -> None:
+        super().__init__(watcher)
+        self._lock = threading.Lock()
+        self._by_stack: dict[RawStack, Finding] = {}
+        self._by_site: dict[Any, Finding] = {}
+        self._patches: LoopPatches | None = None
+        self._note = ""
+
+    def after_close(self) -> None:
+        patches = LoopPatches(self.watcher.loop)
+        missing = []
+        for name in CALL_INS:
+            if not hasattr(self.watcher.loop, name):
+                continue
+            if not patches.wrap(name, functools.partial(self._wrapper, name)):
+                missing.append(name)
+        self._patches = patches
+        if missing:
+            self._note = (f"post_close_call: calls to {', '.join(missing)} on the closed "
+                          f"{type(self.watcher.loop).__name__} cannot be observed (the loop "
+                          "takes no attributes)")
+
+    def uninstall(self) -> None:
+        if self._patches is not None:
+            self._patches.undo()
+            self._patches = None
+
+    def notes(self) -> list[str]:
+        return [self._note] if self._note else []
+
+    def _wrapper(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        getframe = sys._getframe
+
+        def call_into_closed_loop(*args: Any, **kwargs: Any) -> Any:
+            if self.enabled:
+                try:
+                    self.record(method, getframe(1), args)
+                except Exception as exc:
+                    self.failed(exc)
+            return original(*args, **kwargs)
+
+        call_into_closed_loop.__wrapped__ = original  # type: ignore[attr-defined]
+        return call_into_closed_loop
+
+    def record(self, method: str, frame: FrameType, args: tuple[Any, ...]) -> None:
+        """One call into the closed loop, made from ``frame``."""
+        if is_loopwatch_file(frame.f_code.co_filename):
+            return  # loopwatch's own threads are stopped before close; never report them
+        thread = threading.current_thread().name
+        raw = raw_from(frame, max(self.watcher.options.stack_depth, 1))
+        with self._lock:
+            seen = self._by_stack.get(raw)
+            if seen is not None:
+                self._count(seen, thread)
+                return
+        frames = format_raw(raw)
+        site = pick_site(frames)
+        target = ""
+        pos = _TARGET_ARG.get(method)
+        if pos is not None and len(args) > pos:
+            target = callable_name(args[pos])
+        key = ("post_close_call", method, site.file if site else "", site.line if site else 0)
+        with self._lock:
+            seen = self._by_site.get(key)
+            if seen is not None:
+                if len(self._by_stack) < 1000:
+                    self._by_stack[raw] = seen
+                self._count(seen, thread)
+                return
+            call = f"loop.{method}({target})" if target else f"loop.{method}()"
+            raises = method != "create_future"
+            message = (f"{call} was called on the closed loop from thread {thread!r}"
+                       + ("; it raised RuntimeError('Event loop is closed')" if raises else
+                          "; what it makes can never complete"))
+            finding = Finding(
+                kind="post_close_call",
+                message=message,
+                site=site,
+                stacks={"call": frames},
+                hint=POST_CLOSE_HINT,
+                details={"method": method, "callback": target, "thread": thread,
+                         "threads": [thread], "count": 1, "raises": raises},
+                key=key,
+            )
+            self._by_site[key] = finding
+            if len(self._by_stack) < 1000:
+                self._by_stack[raw] = finding
+        self.watcher.add_finding(finding)
+
+    @staticmethod
+    def _count(finding: Finding, thread: str) -> None:
+        details = finding.details
+        details["count"] += 1
+        threads = details["threads"]
+        if thread not in threads and len(threads) < 8:
+            threads.append(thread)
+
+
+# -- dropped_callback ------------------------------------------------------------------
+
+DROPPED_HINT = (
+    "cancel timers that are no longer wanted before the loop closes (keep the handle and "
+    "call .cancel()), or turn the delayed work into a task that shutdown awaits or "
+    "cancels; closing the loop discards whatever is still scheduled, silently"
+)
+
+
+class _TimerRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to a timer handle, with where it was made."""
+
+    __slots__ = ("key", "code", "lasti", "method")
+    key: int
+    code: CodeType
+    lasti: int
+    method: str
+
+
+class DroppedCallbackDetector(EventDetector):
+    name = "dropped_callback"
+    kinds = ("dropped_callback",)
+
+    def __init__(self, watcher: Any) -> None:
+        super().__init__(watcher)
+        #: id(handle) -> weak reference with the scheduling site
+        self._timers: dict[int, _TimerRef] = {}
+        self._patches: LoopPatches | None = None
+        self._notes: list[str] = []
+        self._ready_hidden = False
+
+    def install(self) -> None:
+        loop = self.watcher.loop
+        patches = LoopPatches(loop)
+        ok = all([patches.wrap(name, functools.partial(self._wrapper, name))
+                  for name in ("call_later", "call_at")])
+        self._patches = patches
+        asyncio_like = _asyncio_queues(loop) is not None
+        if not ok:
+            self._notes.append(
+                f"dropped_callback: {type(loop).__name__} takes no attributes, so timers are "
+                "not tracked where they are made" + ("" if asyncio_like else
+                                                     " and dropped timers are not observable"))
+        if not asyncio_like:
+            self._ready_hidden = True
+            self._notes.append(
+                f"dropped_callback: callbacks queued with call_soon() that had not run when the "
+                f"loop closed are not observable on {self.watcher.base} (its ready queue is "
+                "hidden); timers are tracked where they are made")
+            if self.watcher.attached:
+                self._notes.append("dropped_callback: timers scheduled before loopwatch "
+                                   "attached are not observable on this loop")
+
+    def uninstall(self) -> None:
+        if self._patches is not None:
+            self._patches.undo()
+            self._patches = None
+        self._timers.clear()
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+    def _wrapper(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        getframe = sys._getframe
+        user_codes = _user_codes
+        timers = self._timers
+        forget = self._forget
+
+        def schedule_timer(*args: Any, **kwargs: Any) -> Any:
+            handle = original(*args, **kwargs)
+            frame = getframe(1)
+            code = frame.f_code
+            user = user_codes.get(code)
+            if user is None:
+                user = is_user_code(code)
+            if user and self.enabled:
+                try:
+                    ref = _TimerRef(handle, forget)
+                    ref.key = key = id(handle)
+                    ref.code = code
+                    ref.lasti = frame.f_lasti
+                    ref.method = method
+                    timers[key] = ref
+                except Exception as exc:
+                    self.failed(exc)
+            return handle
+
+        schedule_timer.__wrapped__ = original  # type: ignore[attr-defined]
+        return schedule_timer
+
+    def _forget(self, ref: _TimerRef) -> None:
+        if self._timers.get(ref.key) is ref:
+            self._timers.pop(ref.key, None)
+
+    def _tracked(self, handle: Any) -> _TimerRef | None:
+        ref = self._timers.get(id(handle))
+        if ref is not None and ref() is handle:
+            return ref
+        return None
+
+    def before_close(self) -> None:
+        loop = self.watcher.loop
+        now = loop.time()
+        groups: dict[Any, dict[str, Any]] = {}
+        queues = _asyncio_queues(loop)
+        if queues is not None:
+            scheduled, ready = queues
+            for handle in scheduled + ready:
+                self._consider_asyncio(handle, now, groups)
+        else:
+            for ref in list(self._timers.values()):
+                handle = ref()
+                if handle is None:
+                    continue
+                name = _foreign_pending_name(handle, now, loop)
+                if name is None:
+                    continue
+                self._add(groups, site=code_site(ref.code, ref.lasti), method=ref.method,
+                          callback=name, due=_when(handle) - now, stack=None)
+        for group in groups.values():
+            self.watcher.add_finding(_dropped_finding(group))
+
+    def _consider_asyncio(self, handle: Any, now: float, groups: dict[Any, dict[str, Any]]) -> None:
+        if getattr(handle, "_cancelled", False):
+            return
+        callback = getattr(handle, "_callback", None)
+        if callback is None:
+            return
+        timer = isinstance(handle, asyncio.TimerHandle)
+        ref = self._tracked(handle) if timer else None
+        if ref is not None:
+            if is_loopwatch_callable(callback):
+                return
+            self._add(groups, site=code_site(ref.code, ref.lasti), method=ref.method,
+                      callback=callable_name(callback), due=_when(handle) - now, stack=None)
+            return
+        if is_plumbing_callback(callback):
+            return
+        stack: list[Frame] | None = None
+        source = getattr(handle, "_source_traceback", None)
+        if source:  # debug mode: the stack where it was scheduled
+            stack = [Frame(os.path.abspath(f.filename), f.lineno or 0, f.name) for f in source]
+            site = pick_site(stack)
+        else:
+            site = callable_site(callback)
+        self._add(groups, site=site, method="call_at" if timer else "call_soon",
+                  callback=callable_name(callback), due=(_when(handle) - now) if timer else None,
+                  stack=stack, known_site=bool(source))
+
+    @staticmethod
+    def _add(groups: dict[Any, dict[str, Any]], *, site: Frame | None, method: str,
+             callback: str, due: float | None, stack: list[Frame] | None,
+             known_site: bool = True) -> None:
+        key = ("dropped_callback", method, callback, site.file if site else "",
+               site.line if site else 0)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = {"key": key, "site": site, "method": method, "callback": callback,
+                           "due": [] if due is None else [due], "count": 1, "stack": stack,
+                           "known_site": known_site}
+        else:
+            group["count"] += 1
+            if due is not None:
+                group["due"].append(due)
+
+
+def _asyncio_queues(loop: Any) -> tuple[list[Any], list[Any]] | None:
+    """asyncio's timer heap and ready queue, or None on a loop that hides them."""
+    scheduled = getattr(loop, "_scheduled", None)
+    ready = getattr(loop, "_ready", None)
+    if isinstance(scheduled, list) and ready is not None:
+        try:
+            return list(scheduled), list(ready)
+        except RuntimeError:
+            return None
+    return None
+
+
+def _when(handle: Any) -> float:
+    try:
+        return float(handle.when())
+    except Exception:
+        return 0.0
+
+
+def _foreign_pending_name(handle: Any, now: float, loop: Any) -> str | None:
+    """For a timer handle of a loop that hides its queues (uvloop): the callback's name
+    when the handle is still scheduled, else None.
+
+    uvloop's ``TimerHandle`` shows its callback's name in its repr until it has run
+    (the callback is cleared then), and ``cancelled()`` once cancelled or closed.
+    """
+    try:
+        if handle.cancelled():
+            return None
+    except Exception:
+        return None
+    callback = getattr(handle, "_callback", None)
+    if callback is not None:
+        return callable_name(callback)
+    text = repr(handle)
+    inner = text.strip("<>").split(None, 1)
+    name = inner[1].strip() if len(inner) > 1 else ""
+    if name.startswith("cancelled"):
+        return None
+    if name:
+        return name.split(" created at ")[0]
+    if _when(handle) > now:
+        return "?"
+    return None
+
+
+def _dropped_finding(group: dict[str, Any]) -> Finding:
+    site: Frame | None = group["site"]
+    method = group["method"]
+    callback = group["callback"]
+    n = group["count"]
+    dues = group["due"]
+    if method == "call_soon":
+        what = f"callback {callback}()" if n == 1 else f"{n} callbacks {callback}()"
+        message = (f"{what} queued with loop.call_soon() had not run when the loop closed; "
+                   f"{'it was' if n == 1 else 'they were'} discarded")
+    else:
+        what = f"timer {callback}()" if n == 1 else f"{n} timers {callback}()"
+        due = ""
+        if dues:
+            soonest = min(dues)
+            due = (f" (due in {soonest:.3g} s)" if soonest > 0 else " (already due)")
+        message = (f"{what} scheduled with loop.{method}() {'was' if n == 1 else 'were'} "
+                   f"still pending when the loop closed{due}; "
+                   f"{'it' if n == 1 else 'they'} never ran")
+    stacks: dict[str, list[Frame]] = {}
+    if group["stack"]:
+        stacks["scheduled"] = list(group["stack"])
+    elif site is not None and group["known_site"]:
+        stacks["scheduled"] = [site]
+    if not group["known_site"]:
+        message += " (where it was scheduled is unknown: this is where the callback is defined)"
+    return Finding(
+        kind="dropped_callback",
+        message=message,
+        site=site,
+        stacks=stacks,
+        hint=DROPPED_HINT,
+        details={"method": method, "callback": callback, "count": n,
+                 "due_in": [round(d, 6) for d in dues[:20]]},
+        key=group["key"],
+    )

@@ -1,0 +1,324 @@
+"""post_close_call and dropped_callback, on real loops (asyncio and uvloop)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import loopwatch
+from loopwatch._detectors.closed import CALL_INS, PostCloseDetector
+
+from .conftest import BASE_LOOP
+
+
+def line_of(marker: str) -> int:
+    """The line of this file that ends with ``# L:<marker>``."""
+    with open(__file__) as f:
+        for number, text in enumerate(f, 1):
+            if text.rstrip().endswith(f"# L:{marker}"):
+                return number
+    raise LookupError(marker)
+
+
+def new_loop(**options: Any) -> asyncio.AbstractEventLoop:
+    options.setdefault("log", False)
+    return loopwatch.loop_factory(BASE_LOOP, **options)()
+
+
+def of_kind(w: loopwatch.Watcher, kind: str) -> list[loopwatch.Finding]:
+    return [f for f in w.findings() if f.kind == kind]
+
+
+def assert_site(finding: loopwatch.Finding, function: str, marker: str) -> None:
+    assert finding.site is not None, finding
+    assert finding.site.file == __file__, finding.site
+    assert finding.site.function.endswith(function), finding.site
+    assert finding.site.line == line_of(marker), (finding.site, finding.message)
+
+
+def nothing() -> None:
+    pass
+
+
+# -- post_close_call ---------------------------------------------------------------------
+
+
+def test_post_close_call_recorded_even_when_the_caller_catches() -> None:
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    try:
+        loop.call_soon(nothing)  # L:caught
+    except RuntimeError as exc:
+        assert str(exc) == "Event loop is closed"
+    else:
+        pytest.fail("the closed loop did not raise")
+    (finding,) = of_kind(w, "post_close_call")
+    assert_site(finding, "test_post_close_call_recorded_even_when_the_caller_catches", "caught")
+    assert finding.details["method"] == "call_soon"
+    assert finding.details["thread"] == "MainThread"
+    assert finding.details["callback"] == "nothing"
+    assert "loop.call_soon(nothing) was called on the closed loop" in finding.message
+    assert finding.stacks["call"][-1].line == line_of("caught")
+
+
+def test_call_soon_threadsafe_from_a_thread_after_close() -> None:
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    errors: list[BaseException] = []
+
+    def feeder() -> None:
+        try:
+            loop.call_soon_threadsafe(nothing)  # L:threadsafe
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=feeder, name="feeder")
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+    (finding,) = of_kind(w, "post_close_call")
+    assert_site(finding, "feeder", "threadsafe")
+    assert finding.details["thread"] == "feeder"
+    assert "from thread 'feeder'" in finding.message
+
+
+def test_a_late_callback_after_asyncio_style_run() -> None:
+    """The classic: a timer thread fires after loopwatch.run() returned."""
+    seen: list[loopwatch.Watcher] = []
+    started = threading.Event()
+    go = threading.Event()
+
+    async def main() -> asyncio.AbstractEventLoop:
+        seen.append(loopwatch.watcher())
+        return asyncio.get_running_loop()
+
+    loop = loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+    def late() -> None:
+        started.set()
+        go.wait(5)
+        try:
+            loop.call_soon_threadsafe(print, "too late")  # L:late
+        except RuntimeError:
+            pass
+
+    thread = threading.Thread(target=late, name="reporter")
+    thread.start()
+    started.wait(5)
+    go.set()
+    thread.join()
+    (finding,) = of_kind(seen[0], "post_close_call")
+    assert_site(finding, "late", "late")
+    assert finding.details["thread"] == "reporter"
+
+
+def test_every_call_in_is_recorded_and_still_raises() -> None:
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+    loop.close()
+
+    async def work() -> None:
+        pass
+
+    calls: dict[str, Callable[[], Any]] = {
+        "call_soon": lambda: loop.call_soon(nothing),
+        "call_later": lambda: loop.call_later(1, nothing),
+        "call_at": lambda: loop.call_at(loop.time() + 1, nothing),
+        "run_in_executor": lambda: loop.run_in_executor(None, nothing),
+    }
+    for name, call in calls.items():
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            call()
+    coro = work()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.create_task(coro)
+    coro.close()
+    fut = loop.create_future()  # asyncio does not refuse this one
+    assert not fut.done()
+    methods = {f.details["method"] for f in of_kind(w, "post_close_call")}
+    assert methods == {*calls, "create_task", "create_future"}
+    by_method = {f.details["method"]: f for f in of_kind(w, "post_close_call")}
+    assert by_method["create_task"].details["callback"].endswith("work")
+    assert by_method["create_future"].details["raises"] is False
+
+
+def test_repeated_calls_from_one_line_are_one_finding_with_a_count() -> None:
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+    loop.close()
+    for _ in range(5):
+        try:
+            loop.call_soon(nothing)  # L:repeat
+        except RuntimeError:
+            pass
+    (finding,) = of_kind(w, "post_close_call")
+    assert finding.details["count"] == 5
+    assert_site(finding, "test_repeated_calls_from_one_line_are_one_finding_with_a_count",
+                "repeat")
+
+
+def test_no_wrappers_while_the_loop_is_open_and_none_after_watcher_close() -> None:
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+    own = vars(loop)
+    assert not any(name in own for name in CALL_INS if name not in ("call_later", "call_at",
+                                                                   "run_in_executor"))
+    loop.close()
+    assert "call_soon" in vars(loop) and "call_soon_threadsafe" in vars(loop)
+    w.close()
+    assert not any(name in vars(loop) for name in CALL_INS)
+    with pytest.raises(RuntimeError):
+        loop.call_soon(nothing)
+    assert of_kind(w, "post_close_call") == []
+
+
+def test_a_failing_detector_is_reported_once_and_only_it_is_switched_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: PostCloseDetector, *args: Any) -> None:
+        raise ZeroDivisionError("inside loopwatch")
+
+    monkeypatch.setattr(PostCloseDetector, "record", broken)
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+    loop.call_later(60, nothing)  # L:still-works
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="Event loop is closed"):  # not ZeroDivisionError
+            loop.call_soon(nothing)
+    notes = [n for n in w.all_notes() if "switched off" in n]
+    assert len(notes) == 1 and "post_close_call" in notes[0] and "ZeroDivisionError" in notes[0]
+    detector = w.detector("post_close_call")
+    assert detector is not None and not detector.enabled
+    assert all(d.enabled for d in w.detectors if d is not detector)
+    (dropped,) = of_kind(w, "dropped_callback")
+    assert_site(dropped, "test_a_failing_detector_is_reported_once_and_only_it_is_switched_off",
+                "still-works")
+
+
+# -- dropped_callback ----------------------------------------------------------------------
+
+
+def test_timers_dropped_at_close_point_at_their_call_later_line() -> None:
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+
+    async def schedule() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            loop.call_later(30, nothing)  # L:call-later
+        loop.call_at(loop.time() + 60, print, "never")  # L:call-at
+        loop.call_later(0, nothing)  # runs before the loop stops: not dropped
+        loop.call_later(30, nothing).cancel()  # cancelled: not dropped
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(schedule())
+    loop.close()
+    found = {f.details["method"]: f for f in of_kind(w, "dropped_callback")}
+    assert set(found) == {"call_later", "call_at"}
+    later, at = found["call_later"], found["call_at"]
+    assert_site(later, "schedule", "call-later")
+    assert later.details["count"] == 3 and later.details["callback"] == "nothing"
+    assert "3 timers nothing() scheduled with loop.call_later()" in later.message
+    assert_site(at, "schedule", "call-at")
+    assert at.details["count"] == 1 and at.details["callback"] == "print"
+    assert 50 < at.details["due_in"][0] <= 60
+
+
+def test_call_soon_left_in_the_ready_queue() -> None:
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.call_soon(nothing)
+    loop.close()
+    found = of_kind(w, "dropped_callback")
+    if BASE_LOOP == "uvloop":
+        assert found == []
+        assert any("call_soon() that had not run" in n and "uvloop" in n for n in w.all_notes())
+        return
+    (finding,) = found
+    assert finding.details["method"] == "call_soon"
+    assert finding.site is not None and finding.site.function == "nothing"
+    assert "where it was scheduled is unknown" in finding.message
+
+
+def test_call_soon_site_known_in_debug_mode() -> None:
+    if BASE_LOOP == "uvloop":
+        pytest.skip("uvloop's ready queue is hidden")
+    loop = new_loop()
+    loop.set_debug(True)
+    w = loopwatch.watcher(loop)
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.call_soon(nothing)  # L:debug-soon
+    loop.close()
+    (finding,) = of_kind(w, "dropped_callback")
+    assert_site(finding, "test_call_soon_site_known_in_debug_mode", "debug-soon")
+    assert finding.stacks["scheduled"][-1].line == line_of("debug-soon")
+
+
+def test_timers_of_awaits_in_pending_tasks_are_not_dropped_callbacks() -> None:
+    """A task asleep at close is a straggler; its sleep timer is not a second finding."""
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+
+    async def sleeper() -> None:
+        await asyncio.sleep(30)
+
+    async def waiter() -> None:
+        await asyncio.wait_for(asyncio.Event().wait(), 30)
+
+    async def main() -> None:
+        asyncio.create_task(sleeper())
+        asyncio.create_task(waiter())
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(main())
+    loop.close()
+    assert of_kind(w, "dropped_callback") == []
+    coros = {f.task.coro.rsplit(".", 1)[-1] for f in of_kind(w, "straggler") if f.task}
+    assert {"sleeper", "waiter"} <= coros  # (3.10 and 3.11 wait_for add a task of its own)
+
+
+def test_clean_timers_and_the_watchdog_heartbeat_give_nothing() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(30, nothing)
+        fired = asyncio.Event()
+        loop.call_later(0.001, fired.set)
+        await fired.wait()
+        handle.cancel()
+        await asyncio.sleep(0.05)  # a few heartbeats
+
+    seen: list[loopwatch.Watcher] = []
+
+    async def outer() -> None:
+        seen.append(loopwatch.watcher())
+        await main()
+
+    loopwatch.run(outer(), loop=BASE_LOOP, log=False, heartbeat=0.005)
+    assert of_kind(seen[0], "dropped_callback") == []
+    assert of_kind(seen[0], "post_close_call") == []
+
+
+def test_a_kept_handle_that_already_ran_is_not_dropped() -> None:
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+    kept: list[Any] = []
+
+    async def main() -> None:
+        ran = asyncio.Event()
+        kept.append(asyncio.get_running_loop().call_later(0.001, ran.set))
+        await ran.wait()
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(main())
+    loop.close()
+    assert kept and of_kind(w, "dropped_callback") == []
