@@ -134,7 +134,7 @@ def test_every_call_in_is_recorded_and_still_raises() -> None:
         "call_at": lambda: loop.call_at(loop.time() + 1, nothing),
         "run_in_executor": lambda: loop.run_in_executor(None, nothing),
     }
-    for name, call in calls.items():
+    for call in calls.values():
         with pytest.raises(RuntimeError, match="Event loop is closed"):
             call()
     coro = work()
