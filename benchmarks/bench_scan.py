@@ -1,0 +1,217 @@
+"""scan: reading 100,000 live tasks: a parked scan, ``Watcher.tasks()``, ``ps --json``.
+
+100,000 tasks are left parked on one ``asyncio.Event`` on a watched loop at default
+options, plus an idle console on a Unix socket. Then, timed:
+- one parked scan: the parked detector's ``scan`` (what the watchdog thread runs
+  about once a second), or ``Watcher.observe`` over every task before that detector
+  landed; five scans, from the loop thread while the loop is paused in a coroutine;
+- the same scan when every task has waited past ``parked_after`` (a loop made with
+  ``parked_after=0.05``): the scan then also reads await chains and makes findings;
+- ``Watcher.tasks()``: every task as a ``TaskInfo``;
+- ``ps`` as a JSON request over the console (``{"cmd": "ps"}``, what ``loopwatch ps
+  PID --json`` sends), from another thread while the loop runs, until the whole reply
+  is read and decoded; three requests (two when they take over 3 s), with a pause
+  after each for the console's cool-down;
+- for scale, ``asyncio.all_tasks()`` on the bare loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from typing import Any
+
+from _harness import (
+    Config,
+    Figure,
+    bare_loop,
+    close_loop,
+    median,
+    module_missing,
+    not_available,
+    parked_scan,
+    quiet_loopwatch,
+    watched_loop,
+)
+
+NAME = "scan"
+TITLE = "reading 100,000 live tasks"
+
+SCAN_TARGET = ("<", 0.2)
+PS_TARGET = ("<", 1.0)
+
+
+async def parked(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+async def park(n: int) -> tuple[asyncio.Event, list[asyncio.Task[None]]]:
+    event = asyncio.Event()
+    create_task = asyncio.create_task
+    tasks = [create_task(parked(event)) for _ in range(n)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return event, tasks
+
+
+async def release(event: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    event.set()
+    await asyncio.gather(*tasks)
+
+
+def timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ps_json(path: str, timeout: float = 60.0) -> tuple[float, int]:
+    """One ``ps`` JSON request over the console at ``path``: seconds, tasks listed."""
+    start = time.perf_counter()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(b'{"id": 1, "cmd": "ps", "args": {}}\n')
+        with sock.makefile("rb") as f:
+            while True:
+                raw = f.readline()
+                if not raw:
+                    raise RuntimeError("the console closed the connection without answering")
+                if raw.startswith(b"{"):
+                    reply = json.loads(raw)
+                    if reply.get("id") == 1:
+                        break
+    elapsed = time.perf_counter() - start
+    if not reply.get("ok"):
+        raise RuntimeError(f"ps failed: {reply.get('error')}")
+    result = reply["result"]
+    rows = result.get("tasks", result) if isinstance(result, dict) else result
+    return elapsed, len(rows) if isinstance(rows, list) else -1
+
+
+def scans(base: str, n: int, rounds: int, **options: Any) -> tuple[str, list[float], int]:
+    """Parked scans over ``n`` parked tasks: what was run, seconds each, findings made."""
+    import loopwatch
+
+    loop = watched_loop(base, **options)
+    try:
+        watcher = loopwatch.watcher(loop)
+        what, scan = parked_scan(watcher)
+
+        async def main() -> list[float]:
+            event, tasks = await park(n)
+            if options.get("parked_after"):
+                await asyncio.sleep(2 * options["parked_after"])
+            times = []
+            for _ in range(rounds):
+                times.append(timed(scan))
+                await asyncio.sleep(0.01)
+            await release(event, tasks)
+            return times
+
+        times = loop.run_until_complete(main())
+        return what, times, len(watcher.findings())
+    finally:
+        close_loop(loop)
+
+
+def run(base: str, cfg: Config) -> list[Figure]:
+    n = cfg.n(100_000, minimum=10)
+    rounds = cfg.pick_rounds(5, 3)
+    figures: list[Figure] = []
+
+    with quiet_loopwatch():
+        what, times, _ = scans(base, n, rounds)
+        figures.append(Figure(NAME, base, f"parked scan of {n:,} tasks (median)", median(times),
+                              "s", SCAN_TARGET, samples=times,
+                              note=f"{what}; worst of {rounds}: {max(times):.3f} s",
+                              details={"scan": what}))
+        what, times, found = scans(base, n, rounds, parked_after=0.05)
+        figures.append(Figure(NAME, base, f"parked scan, all {n:,} past parked_after (median)",
+                              median(times), "s", SCAN_TARGET, samples=times,
+                              note=f"{what}; worst of {rounds}: {max(times):.3f} s; "
+                                   f"{found} findings",
+                              details={"scan": what, "findings": found}))
+
+        tmp = tempfile.mkdtemp(prefix="lw-bench-")
+        path = os.path.join(tmp, "console.sock")
+        console_note = module_missing("loopwatch.console")
+        if console_note:
+            console_note = f"the console has not landed ({console_note})"
+        try:
+            loop = watched_loop(base, console=f"unix:{path}") if not console_note else \
+                watched_loop(base)
+        except Exception as exc:
+            console_note = f"a loop with a console cannot be made: {type(exc).__name__}: {exc}"
+            loop = watched_loop(base)
+        try:
+            import loopwatch
+
+            watcher = loopwatch.watcher(loop)
+
+            async def main() -> tuple[float, list[float], list[int], str]:
+                event, tasks = await park(n)
+                tasks_time = timed(watcher.tasks)
+                ps_times: list[float] = []
+                listed: list[int] = []
+                error = ""
+                if not console_note:
+                    for i in range(cfg.pick_rounds(3, 1)):
+                        if i == 2 and min(ps_times) > 3.0:
+                            break  # slow enough that a third one says nothing new
+                        try:
+                            took, count = await loop.run_in_executor(None, ps_json, path)
+                        except Exception as exc:
+                            error = f"{type(exc).__name__}: {exc}"
+                            break
+                        ps_times.append(took)
+                        listed.append(count)
+                        await asyncio.sleep(max(0.2, took))  # the console's cool-down
+                await release(event, tasks)
+                return tasks_time, ps_times, listed, error
+
+            tasks_time, ps_times, listed, error = loop.run_until_complete(main())
+        finally:
+            close_loop(loop)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            os.rmdir(tmp)
+
+    figures.append(Figure(NAME, base, f"Watcher.tasks() over {n:,} tasks", tasks_time, "s"))
+    name = f"ps --json over the console, {n:,} tasks (median)"
+    if console_note or error:
+        figures.append(not_available(NAME, base, name, "s", console_note or error, PS_TARGET))
+    else:
+        short = [c for c in listed if c < n]  # n parked tasks and the main one
+        note = f"worst of {len(ps_times)}: {max(ps_times):.3f} s"
+        if short:
+            note += f"; listed {short[0]:,} tasks, not {n:,}"
+        figures.append(Figure(NAME, base, name, median(ps_times), "s", PS_TARGET,
+                              samples=ps_times, note=note, details={"listed": listed}))
+
+    # For scale: the least any reader of every task has to do.
+    loop = bare_loop(base)
+    try:
+        async def bare() -> float:
+            event, tasks = await park(n)
+            took = median([timed(asyncio.all_tasks) for _ in range(3)])
+            await release(event, tasks)
+            return took
+
+        figures.append(Figure(NAME, base, f"asyncio.all_tasks() over {n:,} tasks, bare loop",
+                              loop.run_until_complete(bare()), "s"))
+    finally:
+        close_loop(loop)
+    return figures
+
+
+if __name__ == "__main__":
+    for figure in run(sys.argv[1] if len(sys.argv) > 1 else "asyncio", Config(quick=True)):
+        print(figure.to_dict())
