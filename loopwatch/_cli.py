@@ -99,6 +99,11 @@ def _signal(text: str) -> int:
         raise argparse.ArgumentTypeError(f"no signal number {text!r}") from None
     if sig.name in ("SIGKILL", "SIGSTOP"):
         raise argparse.ArgumentTypeError(f"{sig.name} cannot be caught")
+    if sig.name in ("SIGINT", "SIGTERM"):
+        # A dump handler would keep the program from ending on it.
+        raise argparse.ArgumentTypeError(
+            f"{sig.name} ends the program; dump on another signal (USR1), and use --report "
+            "for what was left at the end")
     return int(sig)
 
 

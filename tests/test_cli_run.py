@@ -117,6 +117,7 @@ WAYS = {
         "loop = new_event_loop()\n"
         "loop.run_until_complete(main())\n"
         "loop.close()", "uvloop"),
+    "loopwatch.run in the program": ("import loopwatch\nloopwatch.run(main())", "asyncio"),
     "loop in a thread": (
         "import threading\n"
         "t = threading.Thread(target=asyncio.run, args=(main(),))\n"
@@ -136,14 +137,16 @@ def test_every_way_of_making_a_loop_is_watched(tmp_path: Path, way: str) -> None
     report = load(tmp_path / "report.json")
     assert_straggler(report, script)
     assert report["loop"] == loop
-    # The summary on stderr: the summary line, then one line for the finding with its
-    # site. (A loop closed with a task pending makes asyncio itself print "Task was
-    # destroyed but it is pending!" before it, as it does without loopwatch.)
+    # The summary on stderr: the summary line, then one line per finding with its site.
+    # (A loop closed with a task pending makes asyncio itself print "Task was destroyed
+    # but it is pending!" before it, as it does without loopwatch; loopwatch reports
+    # that as destroyed_pending.)
     lines = result.stderr.splitlines()
-    start = lines.index("loopwatch: 1 finding: 1 straggler")
-    assert lines[start + 1].startswith("  straggler: task T") and "'left'" in lines[start + 1]
-    assert lines[start + 1].endswith(f"(app.py:{site_line(script)} in main)")
-    assert lines[start + 2:] == [f"loopwatch: report written to {tmp_path / 'report.json'}"]
+    (summary,) = [line for line in lines if line.startswith("loopwatch: ") and "finding" in line]
+    assert "1 straggler" in summary
+    (line,) = [line for line in lines if line.startswith("  straggler: task T")]
+    assert "'left'" in line and line.endswith(f"(app.py:{site_line(script)} in main)")
+    assert lines[-1] == f"loopwatch: report written to {tmp_path / 'report.json'}"
 
 
 def test_asyncio_run_with_uvloop_factory(tmp_path: Path) -> None:
@@ -245,6 +248,30 @@ def test_report_sees_non_daemon_threads_and_atexit_handlers(tmp_path: Path) -> N
     report = load(tmp_path / "r.json")
     assert len(stragglers(report, "from-thread")) == 1
     assert len(stragglers(report, "from-atexit")) == 1
+
+
+def test_report_sees_a_thread_calling_into_a_closed_loop_after_main(tmp_path: Path) -> None:
+    script = write(tmp_path, "app.py", """\
+        import asyncio, threading
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+        def late():
+            threading.main_thread().join()
+            try:
+                loop.call_soon_threadsafe(print, "never")  # SITE
+            except RuntimeError:
+                pass
+
+        threading.Thread(target=late).start()
+    """)
+    result = run("--report", "r.json", script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (finding,) = [f for f in load(tmp_path / "r.json")["findings"]
+                  if f["kind"] == "post_close_call"]
+    assert finding["site"]["line"] == site_line(script)
 
 
 # -- the program runs as python would run it --------------------------------------------------
@@ -504,6 +531,8 @@ BAD_INPUT = {
     "report folder missing": (["--report", "nowhere/r.json", "app.py"], "--report"),
     "bad console address": (["--console", "nonsense", "app.py"], "--console"),
     "bad signal": (["--dump-on-signal", "SIGNOPE", "app.py"], "--dump-on-signal"),
+    "dump on SIGTERM": (["--dump-on-signal", "TERM", "app.py"], "--dump-on-signal"),
+    "dump after zero": (["--dump-after", "0", "app.py"], "--dump-after"),
     "option without value": (["--report"], "--report"),
 }
 
@@ -603,6 +632,35 @@ def test_console_is_on_by_default(tmp_path: Path, console: str) -> None:
         return
     assert ps.returncode == 0, ps.stderr
     assert "waiting-worker" in ps.stdout
+
+
+@pytest.mark.parametrize("how", ["--dump-on-signal", "--dump-after"])
+def test_dumps_show_the_tasks_while_the_program_runs(tmp_path: Path, how: str) -> None:
+    script = write(tmp_path, "app.py", SERVED)
+    options = ["--dump-on-signal", "USR1"] if how == "--dump-on-signal" else ["--dump-after",
+                                                                             "0.2"]
+    proc = subprocess.Popen([*LOOPWATCH, "run", *BASE_FLAGS, "--console", "off", *options,
+                             str(script)], cwd=tmp_path, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+        proc.stdout.readline()
+        if how == "--dump-on-signal":
+            proc.send_signal(signal.SIGUSR1)
+        seen = []
+        for line in proc.stderr:  # the dump is written while the program waits
+            seen.append(line)
+            if "waiting-worker" in line:
+                break
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert "waiting-worker" in "".join(seen)
 
 
 def test_busy_console_address_is_one_line_and_the_program_runs_on(tmp_path: Path) -> None:
