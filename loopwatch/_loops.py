@@ -114,6 +114,8 @@ class _WatchedLoopMixin:
             task = self._lw_task_class(coro, loop=loop, name=name,
                                        context=context)  # type: ignore[call-arg]
         task._lw_id = next(_ids)
+        task._lw_name = name
+        parent = _current_task(loop)
         depth = self._lw_depth
         try:
             if depth:
@@ -124,6 +126,9 @@ class _WatchedLoopMixin:
                     f = _getframe(1)
                     if f.f_code is _tasks_create_task:
                         f = f.f_back
+                # The creating task's own coroutine frame is the top of the stack: going
+                # past it would only reach (and materialize) the loop's frames.
+                top = getattr(parent._coro, "cr_frame", None) if parent is not None else None
                 out: list[Any] = []
                 while f is not None and depth:
                     code = f.f_code
@@ -131,6 +136,8 @@ class _WatchedLoopMixin:
                         break
                     out.append(code)
                     out.append(f.f_lasti)
+                    if f is top:
+                        break
                     f = f.f_back
                     depth -= 1
                 task._lw_stack = tuple(out)
@@ -139,7 +146,6 @@ class _WatchedLoopMixin:
         except Exception:  # never let recording break create_task (SPEC 3)
             task._lw_stack = ()
         task._lw_created = _monotonic()
-        parent = _current_task(loop)
         task._lw_parent = getattr(parent, "_lw_id", 0) if parent is not None else 0
         return task
 

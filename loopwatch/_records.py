@@ -45,44 +45,69 @@ class WatchedTask(asyncio.Task):  # type: ignore[type-arg]
     """An ``asyncio.Task`` that carries its loopwatch record in slots.
 
     It behaves exactly like ``asyncio.Task`` (``get_coro()`` is the program's own
-    coroutine); the slots cost 48 bytes per task, where a ``__dict__`` would cost
-    several hundred. Each watcher has its own subclass, whose ``_lw_sink`` receives
-    finished tasks for the bounded history.
+    coroutine); the slots cost 56 bytes per task, where a ``__dict__`` would cost
+    several hundred.
     """
 
-    __slots__ = ("_lw_id", "_lw_stack", "_lw_created", "_lw_parent", "_lw_waiter", "_lw_since")
+    __slots__ = ("_lw_id", "_lw_stack", "_lw_created", "_lw_parent", "_lw_name", "_lw_waiter",
+                 "_lw_since")
     _lw_id: int
     _lw_stack: RawStack
     _lw_created: float | None
     _lw_parent: int
+    #: the name given to create_task (None: asyncio's default ``Task-N``)
+    _lw_name: str | None
     _lw_waiter: Any
     _lw_since: float
 
-    #: where finished tasks go: the watcher's history ``deque.append`` (or None)
-    _lw_sink: Callable[[tuple[Any, ...]], None] | None = None
+
+#: before 3.12 every task's name string exists from birth, and asyncio.create_task
+#: sets it after loop.create_task returns; from 3.12 names are made on demand and
+#: passed to loop.create_task
+_NAMES_ARE_CHEAP = sys.version_info < (3, 12)
+
+
+class _HistoryTask(WatchedTask):
+    """A watched task that leaves a raw record in its watcher's history when it is
+    released (each watcher has its own subclass, whose ``_lw_sink`` is the history's
+    ``deque.append``). Recording at release rather than in a done callback costs no
+    handle and no extra loop iteration per task."""
+
+    __slots__ = ()
+    _lw_sink: Callable[[tuple[Any, ...]], None]
 
     def __del__(self) -> None:
         # The base finalizer logs "Task was destroyed but it is pending!" and
         # "exception was never retrieved"; it has nothing to do otherwise.
-        if self._state == "PENDING" or self._log_traceback:  # type: ignore[attr-defined]
+        state = self._state  # type: ignore[attr-defined]
+        if state == "PENDING" or self._log_traceback:  # type: ignore[attr-defined]
             super().__del__()
-        sink = self._lw_sink
-        if sink is not None:
-            try:
-                exc = self._exception  # type: ignore[attr-defined]  # not exception(): that
-                # would mark it retrieved
-                sink((self._lw_id, self._lw_stack, self._lw_created, self._lw_parent,
-                      self._state, self._coro, self.get_name(),  # type: ignore[attr-defined]
-                      f"{type(exc).__name__}: {exc}"[:200] if exc is not None else "",
-                      _monotonic()))
-            except Exception:  # never let loopwatch break a finalizer
-                pass
+        try:
+            exc = self._exception  # type: ignore[attr-defined]  # exception() would mark
+            # it retrieved
+            name = self._lw_name
+            if name is None and _NAMES_ARE_CHEAP:
+                name = self.get_name()  # asyncio.create_task names tasks after creation
+            self._lw_sink((self._lw_id, self._lw_stack, self._lw_created, self._lw_parent,
+                           name, state, self._coro,  # type: ignore[attr-defined]
+                           _exc_text(exc) if exc is not None else ""))
+        except Exception:  # never let loopwatch break a finalizer
+            pass
+
+
+def _exc_text(exc: BaseException) -> str:
+    try:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    except Exception:
+        return type(exc).__name__
 
 
 def task_class(sink: Callable[[tuple[Any, ...]], None] | None) -> type[WatchedTask]:
-    """The task class of one watcher: finished tasks go to ``sink``."""
-    return type("WatchedTask", (WatchedTask,), {"__slots__": (), "_lw_sink": sink,
-                                                "__module__": __name__})
+    """The task class of one watcher: finished tasks go to ``sink`` (no history: None)."""
+    if sink is None:
+        return WatchedTask
+    return type("WatchedTask", (_HistoryTask,), {"__slots__": (), "_lw_sink": sink,
+                                                 "__module__": __name__})
 
 
 def field(task: asyncio.Future[Any], name: str, default: Any = None) -> Any:
@@ -147,9 +172,6 @@ def make_task_factory(
     ``eager=True`` starts tasks eagerly by default, like ``asyncio.eager_task_factory``.
     """
     depth = watcher.options.stack_depth
-    ids = _ids
-    monotonic = _monotonic
-    current_task = _current_task
     first_frame = _first_frame
     stop = _STOP
     Task = watcher.task_class
@@ -187,16 +209,11 @@ def make_task_factory(
                     # An eager task runs its first step inside the constructor: the
                     # record must be in place before it.
                     task = Task.__new__(Task)
-                    _fill(task, capture(1), loop)
+                    _fill(task, capture(1), loop, kwargs.get("name"))
                     task.__init__(coro, loop=loop, **kwargs)  # type: ignore[misc]
                     return task
             task = Task(coro, loop=loop, **kwargs)
-            # _fill() written out: this runs for every task.
-            task._lw_id = next(ids)
-            task._lw_stack = capture(1)
-            task._lw_created = monotonic()
-            parent = current_task(loop)
-            task._lw_parent = getattr(parent, "_lw_id", 0) if parent is not None else 0
+            _fill(task, capture(1), loop, kwargs.get("name"))
             return task
 
     else:
@@ -214,7 +231,7 @@ def make_task_factory(
             task = prev(loop, coro, **kwargs)
             if getattr(task, "_lw_id", None) is None:
                 try:
-                    _fill(task, stack, loop)
+                    _fill(task, stack, loop, kwargs.get("name"))
                 except AttributeError:
                     return task  # a future type that takes no attributes: no record
                 if history is not None and not isinstance(task, WatchedTask):
@@ -230,15 +247,16 @@ def _foreign_done(sink: Callable[[tuple[Any, ...]], None]) -> Callable[[Any], No
 
     def done(task: Any) -> None:
         exc = None if task.cancelled() else task._exception
-        sink((task._lw_id, task._lw_stack, task._lw_created, task._lw_parent, task._state,
-              task.get_coro(), task.get_name(),
-              f"{type(exc).__name__}: {exc}"[:200] if exc is not None else "", _monotonic()))
+        sink((task._lw_id, task._lw_stack, task._lw_created, task._lw_parent, task.get_name(),
+              task._state, task.get_coro(), _exc_text(exc) if exc is not None else ""))
 
     return done
 
 
-def _fill(task: Any, stack: RawStack, loop: asyncio.AbstractEventLoop) -> None:
+def _fill(task: Any, stack: RawStack, loop: asyncio.AbstractEventLoop,
+          name: str | None = None) -> None:
     task._lw_id = next(_ids)
+    task._lw_name = name
     task._lw_stack = stack
     task._lw_created = _monotonic()
     parent = _current_task(loop)
@@ -263,18 +281,16 @@ def record_existing(task: asyncio.Future[Any]) -> None:
 class FinishedTask:
     """A finished task in the bounded history: everything but the task itself."""
 
-    __slots__ = ("id", "name", "coro", "stack", "created", "parent", "finished", "outcome",
-                 "detail")
+    __slots__ = ("id", "name", "coro", "stack", "created", "parent", "outcome", "detail")
 
     def __init__(self, id: int, name: str, coro: str, stack: RawStack, created: float | None,
-                 parent: int, finished: float, outcome: str, detail: str) -> None:
+                 parent: int, outcome: str, detail: str) -> None:
         self.id = id
         self.name = name
         self.coro = coro
         self.stack = stack
         self.created = created
         self.parent = parent
-        self.finished = finished
         self.outcome = outcome
         self.detail = detail
 
@@ -328,7 +344,7 @@ def _module_of(filename: str) -> str | None:
 
 def finished_from_raw(raw: tuple[Any, ...]) -> FinishedTask:
     """A :class:`FinishedTask` from the tuple a finished task left in the history."""
-    n, stack, created, parent, state, coro, name, exc_text, finished = raw
+    n, stack, created, parent, name, state, coro, exc_text = raw
     if state == "PENDING":
         outcome, detail = "destroyed", "destroyed while pending"
     elif state == "CANCELLED":
@@ -337,9 +353,10 @@ def finished_from_raw(raw: tuple[Any, ...]) -> FinishedTask:
         outcome, detail = "exception", exc_text
     else:
         outcome, detail = "result", ""
-    return FinishedTask(id=n, name=name, coro=coro_name(coro) if coro is not None else "",
-                        stack=stack, created=created, parent=parent, finished=finished,
-                        outcome=outcome, detail=detail)
+    return FinishedTask(id=n, name=name or f"T{n}",
+                        coro=coro_name(coro) if coro is not None else "",
+                        stack=stack, created=created, parent=parent, outcome=outcome,
+                        detail=detail)
 
 
 def _short_repr(value: Any) -> str:

@@ -312,7 +312,7 @@ class Watcher:
                                                    else ("cancelled" if record.outcome ==
                                                          "cancelled" else "done")),
             site=_frames.pick_site(stack), stack=stack,
-            age=(record.finished - record.created) if record.created is not None else None,
+            age=None,
             parent=f"T{record.parent}" if record.parent else None, parked_for=None,
             awaiting=None, outcome=record.outcome, detail=record.detail,
         )
