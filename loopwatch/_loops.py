@@ -128,7 +128,8 @@ class _WatchedLoopMixin:
                         f = f.f_back
                 # The creating task's own coroutine frame is the top of the stack: going
                 # past it would only reach (and materialize) the loop's frames.
-                top = getattr(parent._coro, "cr_frame", None) if parent is not None else None
+                top = (getattr(parent._coro, "cr_frame", None)  # type: ignore[attr-defined]
+                       if parent is not None else None)
                 out: list[Any] = []
                 while f is not None and depth:
                     code = f.f_code
