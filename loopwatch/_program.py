@@ -385,6 +385,8 @@ class _Session:
         self._finishing = False
         self._report: Report | None = None
         self._console_missing_said = False
+        #: a child forked by the program carries this session: it never reports
+        self.pid = os.getpid()
 
     # -- starting ------------------------------------------------------------------
 
@@ -522,6 +524,8 @@ class _Session:
             pass
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid:  # a forked child (a pool worker being terminated)
+            _redeliver(signum)
         if self._finishing:
             # The report is being written by the main flow, which this handler
             # interrupted: it re-delivers the signal when it is done.
@@ -596,6 +600,9 @@ class _Session:
 
     def finish(self, *, collect: bool = False) -> Report:
         """Build the report, write it and tell the user (once; thread-safe)."""
+        if os.getpid() != self.pid:
+            # A child forked by the program: the report is the parent's to write.
+            return Report(scope="run", argv=list(self.program_argv))
         with self._lock:
             if self._report is not None:
                 return self._report
