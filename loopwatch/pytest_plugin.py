@@ -1,14 +1,865 @@
 """The pytest plugin: fail a test that leaves its loop unclean (``pytest --loopwatch``).
 
-Registered through the ``pytest11`` entry point; off unless asked for.
+Registered through the ``pytest11`` entry point; off unless asked for (``--loopwatch``,
+ini ``loopwatch_mode = error|warn``, ``@pytest.mark.loopwatch(enabled=True)``).
+
+How a test is watched, whatever runs its loop:
+
+- pytest-asyncio (any loop scope, any loop factory): when one of its runner fixtures
+  is set up, loopwatch attaches to the runner's loop before anything runs on it, and
+  adds a finalizer that runs just before the runner closes the loop (after the async
+  fixtures on it were torn down): the stragglers are judged there, while they still
+  exist.
+- anyio's plugin on asyncio (also ``use_uvloop``, which bypasses policies): loopwatch
+  holds a lease on anyio's shared test runner from the test's first async fixture (or
+  its call) to the end of its teardown, so the loop stays open until it is checked;
+  it attaches to that loop when the lease is taken.
+- Every test is judged at the end of its own teardown (a function-scoped fixture set
+  up before all others, torn down after all others); whatever happens later in the
+  teardown (a module-scoped loop closing after the module's last test) is checked at
+  the very end of the teardown phase.
+
+With a module- or session-scoped loop, a test is judged against a baseline taken when
+it started, and tasks created by a higher-scoped fixture belong to that fixture until
+it is torn down.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import inspect
+import os
+import sys
+import threading
+import warnings
+import weakref
+from collections.abc import Generator
+from typing import Any
+
 import pytest
+
+from ._exceptions import LoopLeakError, NotWatchedError, OptionsError
+from ._records import task_id
+from ._report import KINDS, Finding, Report
+from ._watcher import Watcher
+from .testing import (
+    ORIGIN_DEPTH,
+    CheckSettings,
+    LeakCheck,
+    _OriginTracking,
+    _parse_grace,
+    _parse_patterns,
+    format_report,
+    parse_checks,
+    subscribe,
+    watch_loop,
+)
+
+__all__ = ["LoopwatchWarning", "TestWatch"]
+
+MODES = ("error", "warn", "off")
+GC_MODES = ("test", "module", "off")
+GUARD = "_loopwatch_guard"
+MARKER_ARGS = ("checks", "ignore", "grace", "enabled")
+
+
+class LoopwatchWarning(pytest.PytestWarning):
+    """A test left its loop unclean (``loopwatch_mode = warn``; ``-W error`` makes it fail)."""
+
+
+# -- options ----------------------------------------------------------------------------
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("loopwatch", "loopwatch: fail tests that leave the loop unclean")
     group.addoption("--loopwatch", action="store_true", default=False,
-                    help="check every async test for leftover tasks, timers and lost work")
+                    help="check every async test for leftover tasks, timers and lost work "
+                         "(the test that leaves them fails at its teardown)")
+    group.addoption("--loopwatch-report", metavar="PATH", default=None,
+                    help="write every loopwatch finding of the session to PATH as one JSON "
+                         "report (schema 1; each finding names its test in details.test)")
+    group.addoption("--loopwatch-dump-after", metavar="SECONDS", type=float, default=None,
+                    help="when a test runs longer than SECONDS, dump every task of its loop "
+                         "with its await chain (to the terminal and the test's report)")
+    parser.addini("loopwatch_mode", "loopwatch: 'error' (a leaking test fails), 'warn' (it "
+                  "emits a LoopwatchWarning) or 'off' (default; --loopwatch means error)",
+                  default="off")
+    parser.addini("loopwatch_checks", "loopwatch: finding kinds to check ('all', 'default', "
+                  "kind names, '-kind' to leave one out)", type="args", default=[])
+    parser.addini("loopwatch_ignore", "loopwatch: fnmatch patterns (one a line) on the "
+                  "coroutine's qualified name, the task name or the creation site file:line "
+                  "of what is not reported", type="linelist", default=[])
+    parser.addini("loopwatch_grace", "loopwatch: seconds stragglers get to finish, retried "
+                  "with backoff (default 0.1)", default="0.1")
+    parser.addini("loopwatch_gc", "loopwatch: when to collect garbage so that lost "
+                  "exceptions and never-awaited coroutines are found: 'test' (default), "
+                  "'module' or 'off'", default="test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "loopwatch(checks=None, ignore=(), grace=None, enabled=None): loopwatch settings for "
+        "a test: finding kinds checked, patterns not reported, seconds of grace for "
+        "stragglers; enabled=False skips the check, enabled=True checks even without "
+        "--loopwatch")
+    try:
+        state = _Session.from_config(config)
+    except OptionsError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_session_key] = state
+    config.add_cleanup(state.cleanup)
+
+
+_session_key = pytest.StashKey["_Session"]()
+_item_key = pytest.StashKey["_ItemCheck"]()
+
+
+def _session(config: pytest.Config) -> _Session | None:
+    return config.stash.get(_session_key, None)
+
+
+# -- garbage ------------------------------------------------------------------------------
+
+
+class _Garbage:
+    """The collector at test boundaries, made cheap.
+
+    A full ``gc.collect()`` walks every object in the process: tens of milliseconds
+    in a pytest process, more than a small async test takes. So in ``test`` mode the
+    heap that exists when the first test starts is frozen (``gc.freeze``), and after
+    each collection what survived is frozen too: each test's collection walks only the
+    objects made since the last one, which is where that test's garbage is. What was
+    frozen and became garbage later is collected by a full pass at module boundaries
+    once the frozen heap has grown a lot, and at the end of the session.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.frozen = False
+        self._full_at = 0
+
+    def prepare(self) -> None:
+        if self.mode == "test" and not self.frozen:
+            gc.collect()
+            gc.freeze()
+            self.frozen = True
+            self._full_at = gc.get_freeze_count()
+
+    def collect(self) -> None:
+        gc.collect()
+        if self.frozen:
+            gc.freeze()
+
+    def boundary(self) -> None:
+        """A module boundary: a full pass when the frozen heap has grown a lot."""
+        if not self.frozen:
+            return
+        count = gc.get_freeze_count()
+        if count > max(2 * self._full_at, self._full_at + 200_000):
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            self._full_at = gc.get_freeze_count()
+
+    def release(self) -> None:
+        if self.frozen:
+            self.frozen = False
+            gc.unfreeze()
+
+
+# -- the session ---------------------------------------------------------------------------
+
+
+class _Session:
+    """What the plugin knows for the whole run (kept in ``config.stash``)."""
+
+    def __init__(self, config: pytest.Config, *, mode: str, settings: CheckSettings,
+                 gc_mode: str, report_path: str | None, dump_after: float | None) -> None:
+        self.config = config
+        self.mode = mode
+        self.settings = settings
+        self.gc_mode = gc_mode
+        self.garbage = _Garbage(gc_mode)
+        self.report_path = report_path
+        self.dump_after = dump_after
+        #: every watcher the plugin attached (weak), by serial
+        self.watchers: dict[int, weakref.ref[Watcher]] = {}
+        #: the test being checked now; ``quiet`` while an unwatched test runs
+        self.current: _ItemCheck | None = None
+        self.quiet = False
+        #: findings that arrived between tests (delivered to the next watched one)
+        self.stray: list[Finding] = []
+        #: tasks owned by higher-scoped fixtures, by owner (shared with every check)
+        self.exempt: dict[Any, set[int]] = {}
+        #: every finding reported in the session, tagged with its test
+        self.findings: list[Finding] = []
+        self.tests_with_findings = 0
+        #: finding kinds some test may check: loops are attached with the others off
+        self.wanted: frozenset[str] = settings.checks
+        self._terminal_fd: int | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> _Session:
+        mode = str(config.getini("loopwatch_mode") or "off").strip().lower()
+        if mode not in MODES:
+            raise OptionsError(f"loopwatch_mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if config.getoption("loopwatch", False) and mode == "off":
+            mode = "error"
+        gc_mode = str(config.getini("loopwatch_gc") or "test").strip().lower()
+        if gc_mode not in GC_MODES:
+            raise OptionsError(f"loopwatch_gc must be one of {', '.join(GC_MODES)}, "
+                               f"got {gc_mode!r}")
+        checks_spec = config.getini("loopwatch_checks")
+        settings = CheckSettings(
+            checks=parse_checks(checks_spec or None, what="loopwatch_checks"),
+            ignore=_parse_patterns(config.getini("loopwatch_ignore"), "loopwatch_ignore"),
+            grace=_parse_grace(config.getini("loopwatch_grace"), "loopwatch_grace"),
+            gc=gc_mode != "off",
+        )
+        dump_after = config.getoption("loopwatch_dump_after", None)
+        if dump_after is not None:
+            dump_after = _parse_grace(dump_after, "--loopwatch-dump-after")
+            if dump_after <= 0:
+                raise OptionsError(f"--loopwatch-dump-after must be > 0 seconds, "
+                                   f"got {dump_after!r}")
+        state = cls(config, mode=mode, settings=settings, gc_mode=gc_mode,
+                    report_path=config.getoption("loopwatch_report", None),
+                    dump_after=dump_after)
+        if dump_after is not None:
+            # The terminal, as it is before any test output is captured.
+            try:
+                state._terminal_fd = os.dup(sys.__stderr__.fileno()) if sys.__stderr__ else None
+            except (OSError, ValueError):
+                state._terminal_fd = None
+        return state
+
+    # -- loops -------------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> Watcher:
+        """Watch ``loop`` (once) and send its findings to whichever test is current."""
+        off = {"straggler"} | ({"stall", "parked", "task_growth", "executor_thread"}
+                               - self.wanted)
+        watcher = watch_loop(loop, disabled=frozenset(off),
+                             watchdog=bool({"stall", "parked"} & self.wanted))
+        if watcher.serial not in self.watchers:
+            self.watchers[watcher.serial] = weakref.ref(watcher)
+            subscribe(watcher, self._deliver)
+        return watcher
+
+    def _deliver(self, finding: Finding) -> None:
+        current = self.current
+        check = current.check if current is not None else None
+        if check is not None:
+            check.deliver(finding)
+        elif not self.quiet:
+            with self._lock:
+                self.stray.append(finding)
+
+    def open_watchers(self) -> list[Watcher]:
+        out = []
+        for ref in list(self.watchers.values()):
+            w = ref()
+            if w is None or w.closed:
+                continue
+            out.append(w)
+        return out
+
+    def prune(self) -> None:
+        for serial, ref in list(self.watchers.items()):
+            if ref() is None:
+                del self.watchers[serial]
+
+    def pending_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for w in self.open_watchers():
+            ids.update(task_id(t) for t in w.live_tasks())
+        return ids
+
+    # -- a test begins -----------------------------------------------------------
+
+    def begin(self, item: pytest.Item) -> None:
+        self.current = None
+        self.quiet = False
+        resolved = _item_settings(item, self)
+        if resolved is None:
+            self.quiet = True
+            return
+        mode, settings = resolved
+        assert isinstance(item, pytest.Function)
+        self.prune()
+        self.garbage.prepare()
+        ic = _ItemCheck(self, item, mode, settings)
+        item.stash[_item_key] = ic
+        with self._lock:
+            stray, self.stray = self.stray, []
+        check = ic.check
+        assert check is not None
+        for finding in stray:
+            check.deliver(finding)
+        for watcher in self.open_watchers():
+            check.watch(watcher, subscribe_=False)
+        ic.origins.start()
+        if self.dump_after is not None:
+            ic.arm_dump(self.dump_after)
+        if GUARD not in item.fixturenames:
+            item.fixturenames.insert(0, GUARD)
+        self.current = ic
+
+    # -- fixtures ----------------------------------------------------------------
+
+    def fixture_window(self, owner: object) -> set[int]:
+        """Before a higher-scoped fixture is set up: the tasks that exist already."""
+        return self.pending_ids()
+
+    def exempt_new(self, owner: object, before: set[int]) -> None:
+        new = self.pending_ids() - before
+        if new:
+            self.exempt[owner] = new
+
+    def release(self, owner: object) -> None:
+        self.exempt.pop(owner, None)
+
+    def adopt_runner(self, fixturedef: Any, runner: Any) -> None:
+        """A pytest-asyncio runner was set up: watch its loop, judge it before it closes."""
+        loop = runner.get_loop()
+        watcher = self.attach(loop)
+        ic = self.current
+        if ic is not None and ic.check is not None:
+            ic.check.watch(watcher, subscribe_=False)
+        fixturedef.addfinalizer(lambda: self.runner_closing(watcher))
+
+    def runner_closing(self, watcher: Watcher) -> None:
+        """Just before a pytest-asyncio runner closes its loop (its async fixtures are
+        torn down): judge the stragglers while they exist."""
+        ic = self.current
+        if ic is None or ic.check is None:
+            return
+        ic.check.watch(watcher, subscribe_=False)
+        ic.check.sweep(watcher)
+        ic.check.collect(garbage=self.gc_mode == "test")
+
+    def anyio_lease(self, ic: _ItemCheck, backend: Any) -> None:
+        """Hold anyio's shared test runner open for this test, and watch its loop."""
+        if ic.anyio is not None or ic.check is None:
+            return
+        try:
+            from anyio import pytest_plugin as anyio_plugin
+        except ImportError:
+            return
+        try:
+            name, options = anyio_plugin.extract_backend_and_options(backend)
+        except TypeError:
+            return
+        if name != "asyncio":
+            return
+        lease = anyio_plugin.get_runner(name, options)
+        runner: Any = lease.__enter__()
+        ic.anyio = lease
+        watcher = self.attach(runner.get_loop())
+        ic.check.watch(watcher, subscribe_=False)
+
+    # -- a test ends -------------------------------------------------------------
+
+    def end(self, ic: _ItemCheck, nextitem: pytest.Item | None, *, raise_ok: bool) -> None:
+        """The very end of the teardown phase: judge what is left, release the loops."""
+        try:
+            boundary = nextitem is None or _module_of(nextitem) is not _module_of(ic.item)
+            check = ic.check
+            if check is not None:
+                for watcher in self.open_watchers():
+                    check.watch(watcher, subscribe_=False)
+                check.sweep()
+                lease, ic.anyio = ic.anyio, None
+                if lease is not None:
+                    try:
+                        lease.__exit__(None, None, None)
+                    except Exception as exc:
+                        check.notes.append(f"anyio's test runner failed to close: "
+                                           f"{type(exc).__name__}: {exc}")
+                if boundary:
+                    self.garbage.boundary()
+                check.collect(garbage=self.gc_mode == "test" or
+                              (self.gc_mode == "module" and boundary))
+            ic.conclude(stage="end", raise_ok=raise_ok)
+        finally:
+            ic.finish()
+            if self.current is ic:
+                self.current = None
+            self.quiet = False
+
+    # -- the end of the session ---------------------------------------------------
+
+    def write_report(self) -> None:
+        if not self.report_path:
+            return
+        path = self.report_path
+        worker = getattr(self.config, "workerinput", None)
+        if isinstance(worker, dict) and worker.get("workerid"):
+            path = f"{path}.{worker['workerid']}"
+        bases = sorted({w.base for w in (r() for r in self.watchers.values()) if w is not None})
+        report = Report(findings=list(self.findings), scope="run", loop=",".join(bases))
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(report.to_json())
+            fh.write("\n")
+
+    def cleanup(self) -> None:
+        self.garbage.release()
+        if self._terminal_fd is not None:
+            try:
+                os.close(self._terminal_fd)
+            except OSError:
+                pass
+            self._terminal_fd = None
+
+
+def _module_of(item: pytest.Item) -> Any:
+    return item.getparent(pytest.Module)
+
+
+# -- one test ----------------------------------------------------------------------------
+
+
+class _ItemCheck:
+    """One test being checked."""
+
+    def __init__(self, session: _Session, item: pytest.Function, mode: str,
+                 settings: CheckSettings) -> None:
+        self.session = session
+        self.item = item
+        #: "error", "warn", or "off" (watched for the ``loopwatch`` fixture, never failed)
+        self.mode = mode
+        self.check: LeakCheck | None = LeakCheck(
+            settings, exempt=session.exempt, collect=session.garbage.collect)
+        self.origins = _OriginTracking(ORIGIN_DEPTH)
+        self.anyio: Any = None
+        self.phase: dict[str, pytest.TestReport] = {}
+        self.raised = False
+        #: every report made for this test (the ``loopwatch`` fixture reads them)
+        self.reports: list[Report] = []
+        self._dumping = False
+
+    @property
+    def nodeid(self) -> str:
+        return self.item.nodeid
+
+    def already_failed(self) -> bool:
+        for when in ("setup", "call"):
+            rep = self.phase.get(when)
+            if rep is not None and (rep.failed or rep.skipped or hasattr(rep, "wasxfail")):
+                return True
+        return False
+
+    def conclude(self, *, stage: str, raise_ok: bool) -> None:
+        """Report what was gathered since the last time; fail or warn when that is asked."""
+        check = self.check
+        if check is None:
+            return
+        findings = check.take()
+        if not findings:
+            return
+        failed = self.already_failed()
+        for finding in findings:
+            finding.details["test"] = self.nodeid
+            if failed:
+                finding.details["test_failed"] = True
+        self.session.findings.extend(findings)
+        self.session.tests_with_findings += 1 if not self.reports else 0
+        report = check.report(findings)
+        self.reports.append(report)
+        if self.mode == "off":
+            return
+        text = _failure_text(self, report)
+        if failed:
+            self._note_on_failure(text)
+            return
+        if self.raised or not raise_ok:
+            self.item.add_report_section("teardown", "loopwatch", text)
+            return
+        self.raised = True
+        if self.mode == "warn":
+            warning = LoopwatchWarning(text)
+            warning._loopwatch_text = text  # type: ignore[attr-defined]
+            warnings.warn(warning, stacklevel=1)
+            return
+        error = LoopLeakError(report, text)
+        error._loopwatch_text = text  # type: ignore[attr-defined]
+        raise error
+
+    def _note_on_failure(self, text: str) -> None:
+        """A failed test is not failed again; its report shows what loopwatch saw."""
+        note = ("not failed again for this, as it already failed; loopwatch cleaned up:\n\n"
+                + text)
+        for when in ("call", "setup"):
+            rep = self.phase.get(when)
+            if rep is not None and (rep.failed or rep.skipped):
+                rep.sections.append(("loopwatch", note))
+                return
+
+    def arm_dump(self, seconds: float) -> None:
+        from ._dump import dump_later
+
+        try:
+            sink: Any = _DumpSink(self, self.session._terminal_fd)
+            dump_later(seconds, file=sink)
+            self._dumping = True
+        except Exception as exc:  # never break the run over a dump
+            if self.check is not None:
+                self.check.notes.append(f"--loopwatch-dump-after failed: {exc}")
+
+    def finish(self) -> None:
+        """The test is over: stop everything, drop the references to its loops."""
+        self.origins.stop()
+        if self._dumping:
+            from ._dump import cancel_dump_later
+
+            self._dumping = False
+            cancel_dump_later()
+        lease, self.anyio = self.anyio, None
+        if lease is not None:
+            try:
+                lease.__exit__(None, None, None)
+            except Exception:
+                pass
+        if self.check is not None:
+            self.check.close()
+            self.check = None
+
+
+class _DumpSink:
+    """Where ``--loopwatch-dump-after`` writes: the terminal, and the test's report."""
+
+    def __init__(self, ic: _ItemCheck, fd: int | None) -> None:
+        self._item = ic.item
+        self._nodeid = ic.nodeid
+        self._fd = fd
+
+    def write(self, text: str) -> int:
+        header = f"loopwatch: {self._nodeid} is still running\n"
+        if self._fd is not None:
+            try:
+                os.write(self._fd, ("\n" + header + text).encode("utf-8", "replace"))
+            except OSError:
+                pass
+        self._item.add_report_section("call", "loopwatch dump", header + text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _failure_text(ic: _ItemCheck, report: Report) -> str:
+    counts = report.summary().split(": ", 2)[-1]
+    title = f"loopwatch: {ic.nodeid} left its event loop unclean ({counts})"
+    lines = []
+    if report.of_kind("straggler"):
+        lines.append("loopwatch cancelled the stragglers reported above (except any in an "
+                     "await cycle).")
+    lines.append("To accept one in this test: @pytest.mark.loopwatch(ignore=[\"PATTERN\"]); "
+                 "in every test: loopwatch_ignore in the ini file. Patterns match the "
+                 "coroutine's qualified name, the task name or the creation site file:line.")
+    try:
+        width = max(80, min(160, ic.item.config.get_terminal_writer().fullwidth))
+    except Exception:
+        width = 100
+    return format_report(report, title, width=width, footer="\n".join(lines))
+
+
+def _item_settings(item: pytest.Item, state: _Session) -> tuple[str, CheckSettings] | None:
+    """The mode and settings for one test, or None when it is not watched at all."""
+    if not isinstance(item, pytest.Function) or _is_unittest(item):
+        return None
+    markers = list(item.iter_markers("loopwatch"))
+    mode = state.mode
+    settings = state.settings
+    if markers:
+        values: dict[str, Any] = {}
+        ignore: list[str] = []
+        for mark in markers:  # closest first
+            if mark.args:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.loopwatch takes only keyword arguments "
+                    f"({', '.join(MARKER_ARGS)}), got positional {mark.args!r}")
+            unknown = sorted(set(mark.kwargs) - set(MARKER_ARGS))
+            if unknown:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.loopwatch got unknown argument(s) "
+                    f"{', '.join(unknown)}; it takes {', '.join(MARKER_ARGS)}")
+            for key, value in mark.kwargs.items():
+                if key == "ignore":
+                    ignore.extend(_parse_patterns(value, "loopwatch(ignore=...)"))
+                else:
+                    values.setdefault(key, value)
+        try:
+            settings = CheckSettings(
+                checks=parse_checks(values["checks"], base=settings.checks,
+                                    what="loopwatch(checks=...)")
+                if "checks" in values else settings.checks,
+                ignore=settings.ignore + tuple(ignore),
+                grace=_parse_grace(values["grace"], "loopwatch(grace=...)")
+                if "grace" in values else settings.grace,
+                gc=settings.gc,
+            )
+        except OptionsError as exc:
+            raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        enabled = values.get("enabled")
+        if enabled is False:
+            mode = "off"
+        elif enabled is True and mode == "off":
+            mode = "error"
+        elif enabled is not None and not isinstance(enabled, bool):
+            raise pytest.UsageError(f"{item.nodeid}: loopwatch(enabled=...) must be True or "
+                                    f"False, got {enabled!r}")
+    if mode == "off" and "loopwatch" not in item.fixturenames:
+        return None
+    return mode, settings
+
+
+def _is_unittest(item: pytest.Item) -> bool:
+    return type(item).__name__ == "TestCaseFunction"
+
+
+# -- hooks -----------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    state = _session(config)
+    if state is None:
+        return
+    wanted = set(state.settings.checks)
+    for item in items:
+        for mark in item.iter_markers("loopwatch"):
+            checks = mark.kwargs.get("checks")
+            if checks is not None:
+                try:
+                    wanted |= parse_checks(checks, base=state.settings.checks)
+                except OptionsError:
+                    pass  # reported when the test runs
+    state.wanted = frozenset(wanted)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    state = _session(item.config)
+    if state is not None:
+        state.begin(item)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Generator[
+        None, Any, Any]:
+    state = _session(request.config)
+    ic = state.current if state is not None else None
+    if state is None or ic is None:
+        result = yield
+        if state is not None and not state.quiet and state.mode != "off" and \
+                _is_runner(fixturedef, result):
+            # Outside a watched test (a session fixture set up early): watch anyway.
+            state.adopt_runner(fixturedef, result)
+        return result
+    owner: object | None = None
+    before: set[int] = set()
+    if fixturedef.scope != "function":
+        owner = object()
+        before = state.fixture_window(owner)
+        fixturedef.addfinalizer(lambda: state.release(owner))
+    func = getattr(fixturedef, "func", None)
+    if (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)) and \
+            "anyio_backend" in request.fixturenames:
+        try:
+            backend = request.getfixturevalue("anyio_backend")
+        except Exception:
+            backend = None
+        if backend is not None:
+            state.anyio_lease(ic, backend)
+    try:
+        result = yield
+    finally:
+        if owner is not None:
+            state.exempt_new(owner, before)
+    if _is_runner(fixturedef, result):
+        state.adopt_runner(fixturedef, result)
+    return result
+
+
+def _is_runner(fixturedef: Any, value: Any) -> bool:
+    """pytest-asyncio's scoped runner fixtures (``_function_scoped_runner``, ...)."""
+    name = getattr(fixturedef, "argname", "")
+    return name.startswith("_") and name.endswith("_scoped_runner") and \
+        callable(getattr(value, "get_loop", None))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
+    state = _session(pyfuncitem.config)
+    ic = state.current if state is not None else None
+    if state is not None and ic is not None and ic.item is pyfuncitem:
+        backend = pyfuncitem.funcargs.get("anyio_backend")
+        if backend and inspect.iscoroutinefunction(pyfuncitem.obj):
+            state.anyio_lease(ic, backend)
+    return (yield)
+
+
+@pytest.fixture
+def _loopwatch_guard(request: pytest.FixtureRequest) -> Generator[None, None, None]:
+    """Set up before every other fixture of a watched test and torn down after them all:
+    where the test is judged."""
+    ic = request.node.stash.get(_item_key, None)
+    yield
+    if ic is None or ic.check is None:
+        return
+    state = ic.session
+    check = ic.check
+    for watcher in state.open_watchers():
+        check.watch(watcher, subscribe_=False)
+    check.sweep()
+    check.collect(garbage=state.gc_mode == "test")
+    ic.conclude(stage="guard", raise_ok=True)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[
+        None, None, None]:
+    state = _session(item.config)
+    ic = item.stash.get(_item_key, None) if state is not None else None
+    if state is None or ic is None or ic.check is None:
+        if state is not None:
+            state.quiet = False
+            state.current = None
+        return (yield)
+    try:
+        result = yield
+    except BaseException:
+        state.end(ic, nextitem, raise_ok=False)
+        raise
+    state.end(ic, nextitem, raise_ok=True)
+    return result
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
+        None, pytest.TestReport, pytest.TestReport]:
+    rep = yield
+    ic = item.stash.get(_item_key, None)
+    if ic is not None:
+        ic.phase[rep.when] = rep
+        excinfo = call.excinfo
+        text = getattr(excinfo.value, "_loopwatch_text", None) if excinfo is not None else None
+        if isinstance(text, str) and rep.failed:
+            rep.longrepr = text
+    return rep
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = _session(session.config)
+    if state is None:
+        return
+    state.garbage.release()
+    try:
+        state.write_report()
+    except OSError as exc:
+        session.config.issue_config_time_warning(
+            LoopwatchWarning(f"loopwatch: could not write --loopwatch-report "
+                             f"{state.report_path}: {exc}"), stacklevel=2)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = _session(config)
+    if state is None or (not state.findings and not state.report_path):
+        return
+    if state.findings:
+        counts: dict[str, int] = {}
+        for f in state.findings:
+            counts[f.kind] = counts.get(f.kind, 0) + 1
+        parts = ", ".join(f"{counts[k]} {k}" for k in KINDS if k in counts)
+        terminalreporter.write_sep("-", "loopwatch")
+        terminalreporter.write_line(f"loopwatch: {len(state.findings)} finding"
+                                    f"{'s' if len(state.findings) != 1 else ''} in "
+                                    f"{state.tests_with_findings} test"
+                                    f"{'s' if state.tests_with_findings != 1 else ''} "
+                                    f"({parts})")
+    if state.report_path:
+        terminalreporter.write_line(f"loopwatch: report written to {state.report_path}")
+
+
+# -- the loopwatch fixture -------------------------------------------------------------------
+
+
+class TestWatch:
+    """The ``loopwatch`` fixture: the test's watcher and what loopwatch found so far."""
+
+    __test__ = False  # not a test class, whatever pytest's naming rules say
+
+    def __init__(self, ic: _ItemCheck | None) -> None:
+        self._ic = ic
+
+    def _check(self) -> LeakCheck:
+        ic = self._ic
+        if ic is None or ic.check is None:
+            raise NotWatchedError("loopwatch is not watching this test (it is over, or the "
+                                  "loopwatch plugin is disabled)")
+        return ic.check
+
+    @property
+    def watchers(self) -> list[Watcher]:
+        """Every loop this test is watched on."""
+        return self._check().watchers()
+
+    @property
+    def watcher(self) -> Watcher:
+        """The watcher of the running loop (inside the test), else of the test's loop."""
+        check = self._check()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            found = getattr(loop, "_lw_watcher", None)
+            if isinstance(found, Watcher):
+                return found
+        watchers = [w for w in check.watchers() if not w.closed] or check.watchers()
+        if not watchers:
+            raise NotWatchedError("this test has no watched loop yet")
+        return watchers[-1]
+
+    @property
+    def settings(self) -> CheckSettings:
+        return self._check().settings
+
+    def ignore(self, *patterns: str) -> None:
+        """Do not report tasks or findings that match ``patterns`` in this test."""
+        check = self._check()
+        check.settings = CheckSettings(checks=check.settings.checks,
+                                       ignore=check.settings.ignore + tuple(patterns),
+                                       grace=check.settings.grace, gc=check.settings.gc)
+
+    def report(self) -> Report:
+        """What would be reported if the test ended now: findings so far, and tasks that
+        would be stragglers (no grace period, nothing is cancelled)."""
+        from ._detectors.stragglers import straggler_finding
+
+        check = self._check()
+        check.collect(garbage=False)
+        findings = check.take()
+        for finding in findings:  # put them back: the end of the test reports them
+            check._add(finding)
+        for state in check.loops.values():
+            if state.watcher.closed:
+                continue
+            for task in check.candidates(state):
+                findings.append(straggler_finding(state.watcher.info(task), when="so far"))
+        return check.report([f for f in findings if f.kind in check.settings.checks])
+
+
+@pytest.fixture
+def loopwatch(request: pytest.FixtureRequest) -> TestWatch:
+    """The test's loopwatch: ``loopwatch.watcher``, ``loopwatch.report()``,
+    ``loopwatch.ignore(pattern)``. Requesting it watches the test even when the plugin
+    is off (it then reports but never fails)."""
+    return TestWatch(request.node.stash.get(_item_key, None))
