@@ -1,6 +1,9 @@
 """loopwatch: see inside running asyncio programs, in production, in tests and at shutdown."""
 
 from ._awaits import Awaiting as Awaiting
+from ._detectors.growth import TaskSnapshot as TaskSnapshot
+from ._detectors.growth import TaskStat as TaskStat
+from ._detectors.growth import TaskStatDiff as TaskStatDiff
 from ._exceptions import ConsoleError as ConsoleError
 from ._exceptions import LoopLeakError as LoopLeakError
 from ._exceptions import LoopwatchError as LoopwatchError

@@ -73,6 +73,15 @@ class Detector:
 #: every detector, as (module, class) under ``loopwatch._detectors``, in report order
 DETECTORS: tuple[tuple[str, str], ...] = (
     ("stragglers", "StragglerDetector"),
+    ("closed", "PostCloseDetector"),
+    ("closed", "DroppedCallbackDetector"),
+    ("lost", "NeverAwaitedDetector"),
+    ("lost", "UnretrievedExceptionDetector"),
+    ("lost", "DestroyedPendingDetector"),
+    ("resources", "ExecutorThreadDetector"),
+    ("resources", "AsyncgenDetector"),
+    ("resources", "UnclosedResourceDetector"),
+    ("growth", "GrowthDetector"),
 )
 
 
