@@ -64,7 +64,7 @@ from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._frames import Frame, pick_site
 from ._loops import attach
 from ._loops import watcher as _watcher_of
-from ._records import finished_from_raw, task_id
+from ._records import task_id
 from ._render import (
     finding_renderable,
     format_seconds,
@@ -314,33 +314,28 @@ class LoopwatchMonitor(_aiomonitor.Monitor):  # type: ignore[misc]
         rows = list(super().format_terminated_task_list(filter_, persistent))
         if persistent:  # loopwatch keeps no "persistent" mark
             return rows
-        now = time.monotonic()
-        for record in reversed(self._lw_history()):
-            if filter_ and filter_ not in record.coro and filter_ not in record.name:
+        for info in reversed(self._lw_finished()):
+            if filter_ and filter_ not in info.coro and filter_ not in info.name:
                 continue
-            started = (now - record.created) if record.created is not None else None
             rows.append(FormattedTerminatedTaskInfo(
-                task_id=f"T{record.id}",
-                name=record.name,
-                coro=record.coro,
-                started_since=format_seconds(started),
-                terminated_since=format_seconds(now - record.finished),
+                task_id=info.id,
+                name=info.name,
+                coro=f"{info.coro} ({info.outcome})",
+                started_since="-",  # loopwatch keeps no finishing time
+                terminated_since="-",
             ))
         return rows
 
     def format_terminated_task_stack(self, trace_id: str) -> Sequence[FormattedStackItem]:
-        match = _TASK_ID.match(str(trace_id).strip())
-        if match is None:
+        text = str(trace_id).strip()
+        if _TASK_ID.match(text) is None:
             return super().format_terminated_task_stack(trace_id)  # type: ignore[no-any-return]
-        number = int(match.group(1))
-        for record in self._lw_history():
-            if record.id == number:
-                break
-        else:
+        found = [i for i in self._lw_finished() if i.id.lower() == text.lower()]
+        if not found:
             raise MissingTask(trace_id)
-        info = self._lw_watcher.finished_info(record, time.monotonic())
+        info = found[-1]
         label = f"{info.id} {info.name!r} ({info.coro})"
-        outcome = record.outcome + (f": {record.detail}" if record.detail else "")
+        outcome = info.outcome + (f": {info.detail}" if info.detail else "")
         stack = (_format_frames(info.stack) if info.stack
                  else "Not recorded: the task existed before loopwatch attached to the loop")
         return [
@@ -352,8 +347,9 @@ class LoopwatchMonitor(_aiomonitor.Monitor):  # type: ignore[misc]
             FormattedStackItem(FormatItemTypes.CONTENT, outcome),
         ]
 
-    def _lw_history(self) -> list[Any]:
-        return [finished_from_raw(raw) for raw in list(self._lw_watcher.history)]
+    def _lw_finished(self) -> list[TaskInfo]:
+        """loopwatch's history of finished tasks, oldest first."""
+        return [i for i in self._lw_watcher.tasks(history=True) if i.outcome]
 
 
 def start_monitor(
