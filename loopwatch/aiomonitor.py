@@ -42,6 +42,8 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from rich.table import Table
+
 try:
     import aiomonitor as _aiomonitor
     import click
@@ -60,6 +62,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ._awaits import find_cycles, waits_on
+from ._detectors.growth import TaskSnapshot
 from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._frames import Frame, pick_site
 from ._loops import attach
@@ -525,30 +528,43 @@ def _findings(w: Watcher, width: int, kind: str | None, stacks: bool) -> str:
     return render_text(report_renderable(report, stacks=stacks), width=width)
 
 
-# growth baselines, by watcher serial
-_baselines: dict[int, Any] = {}
+# growth baselines, by watcher serial: (snapshot, wall-clock time taken)
+_baselines: dict[int, tuple[TaskSnapshot, float]] = {}
 
 
 def _growth(w: Watcher, width: int, baseline: bool) -> str:
     now = w.snapshot()
+    name = COMMANDS.get("growth", "growth")
     old = _baselines.get(w.serial)
     if baseline or old is None:
-        _baselines[w.serial] = now
-        total = len(now.tasks) if hasattr(now, "tasks") else len(w.live_tasks())
-        return (f"baseline taken: {total} live tasks; run `{COMMANDS.get('growth', 'growth')}`"
-                " again to see which creation sites grew\n")
-    diffs = [d for d in now.compare_to(old, key="site") if getattr(d, "count_diff", 0) > 0]
+        _baselines[w.serial] = (now, time.time())
+        return (f"baseline taken: {now.total} live tasks; `{name}` again shows which "
+                "creation sites grew since\n")
+    snapshot, taken = old
+    grew = [d for d in now.compare_to(snapshot, key="site") if d.count_diff > 0]
     found = [f for f in w.findings() if f.kind == "task_growth"]
-    if not diffs and not found:
-        return "no creation site grew since the baseline\n"
-    lines = []
-    for d in diffs:
-        lines.append(f"{d}")
-    text = ("creation sites that grew since the baseline:\n" + "\n".join(lines) + "\n"
-            if lines else "")
+    head = (f"{now.total} live tasks, {now.total - snapshot.total:+d} since the baseline "
+            f"{format_seconds(time.time() - taken)} ago")
+    if not grew:
+        text = f"{head}; no creation site grew\n"
+    else:
+        table = Table(title=head, expand=False)
+        table.add_column("created at", style="cyan")
+        table.add_column("coro")
+        table.add_column("live", justify="right")
+        table.add_column("change", justify="right")
+        for d in grew[:_GROWTH_ROWS]:
+            site = d.key if isinstance(d.key, Frame) else None
+            where = f"{_where(site)} in {site.function}" if site else "<created before attach>"
+            table.add_row(where, now.site_coros.get(site, ""), str(d.count), f"{d.count_diff:+d}")
+        text = render_text(table, width=width)
     for finding in found:
         text += render_text(finding_renderable(finding, stacks=False), width=width)
     return text
+
+
+#: rows shown by ``growth``
+_GROWTH_ROWS = 20
 
 
 _DEFINITIONS: tuple[tuple[str, str, list[Any], Callable[..., str]], ...] = (

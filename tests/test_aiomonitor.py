@@ -376,6 +376,20 @@ def test_stalls_and_lag_commands_show_a_blocked_loop() -> None:
     assert max_lag is not None and int(max_lag.group(1)) >= 100, lag
 
 
+def test_growth_command_lists_the_sites_that_grew(looper: LoopThread,
+                                                  monitor: lwa.LoopwatchMonitor,
+                                                  terminal: Terminal) -> None:
+    first = terminal.command("growth --baseline")
+    assert re.search(r"baseline taken: \d+ live tasks", first)
+    events = [spawn_parked(looper, f"leak-{i}")[0] for i in range(3)]
+    grown = terminal.command("growth")
+    assert "+3 since the baseline" in grown
+    row = next(line for line in grown.splitlines() if f"test_aiomonitor.py:{CREATE_LINE}" in line)
+    assert "tests.test_aiomonitor.wait_on" in row and "+3" in row
+    for event in events:
+        looper.call(event.set)
+
+
 def test_findings_after_shutdown_of_a_task(looper: LoopThread, monitor: lwa.LoopwatchMonitor,
                                            terminal: Terminal) -> None:
     """ps-terminated / where-terminated read loopwatch's history of finished tasks."""
