@@ -73,7 +73,8 @@ def test_never_awaited_points_at_the_call_and_the_warning_is_unchanged() -> None
     (finding,) = of_kind(w, "never_awaited")
     assert_site(finding.site, "main", "no-await")
     assert finding.details["coro"] == f"{__name__}.fetch"
-    assert "coroutine tests.test_lost.fetch was created and never awaited" in finding.message
+    assert finding.message.startswith("coroutine tests.test_lost.fetch was never awaited "
+                                      f"(dropped unawaited at {__file__}:{line_of('no-await')})")
     assert "created" not in finding.stacks  # origin tracking is off by default
 
 
@@ -107,7 +108,7 @@ def test_repeats_are_counted_and_attributed_to_the_running_loop() -> None:
 
         w = run_on_new_loop(main())
         (finding,) = of_kind(w, "never_awaited")
-        assert finding.details["count"] == 3
+        assert finding.details["count"] == 3 and finding.message.endswith("(3 times)")
         assert of_kind(loopwatch.watcher(other), "never_awaited") == []
     finally:
         other.close()
@@ -236,6 +237,21 @@ def test_task_destroyed_while_pending_in_a_reference_cycle() -> None:
     assert finding.details["awaiting"] == "future"
     if "await" in finding.stacks:  # gone when the collector finalized the coroutine first
         assert_site(finding.stacks["await"][-1], "wait_forever", "parked")
+
+
+def test_tasks_destroyed_the_same_way_are_one_finding() -> None:
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: None)
+        for _ in range(3):
+            asyncio.create_task(wait_forever())  # L:orphans
+        await asyncio.sleep(0)
+        gc.collect()
+
+    w = run_on_new_loop(main())
+    (finding,) = of_kind(w, "destroyed_pending")
+    assert_site(finding.site, "main", "orphans")
+    assert finding.details["count"] == 3 and len(finding.details["tasks"]) == 3
+    assert finding.message.startswith("3 tasks running tests.test_lost.wait_forever (T")
 
 
 def test_one_failing_detector_does_not_stop_the_others(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "is_plumbing_callback",
     "is_user_code",
     "raw_from",
+    "times",
 ]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -145,15 +146,29 @@ def is_loopwatch_file(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_PACKAGE_DIR)
 
 
+#: the loop's own frame above every callback: a stack is cut there (what lies beyond is
+#: the loop's plumbing, the same for every callback)
+_CALLBACK_RUN = asyncio.events.Handle._run.__code__
+
+
 def raw_from(frame: FrameType | None, depth: int) -> RawStack:
-    """The raw stack (``code, lasti, ...``, innermost first) from ``frame`` outwards."""
+    """The raw stack (``code, lasti, ...``, innermost first) from ``frame`` outwards,
+    up to the loop's callback runner."""
     out: list[Any] = []
     while frame is not None and depth > 0:
+        if frame.f_code is _CALLBACK_RUN:
+            break
         out.append(frame.f_code)
         out.append(frame.f_lasti)
         frame = frame.f_back
         depth -= 1
     return tuple(out)
+
+
+def times(message: str, count: int) -> str:
+    """``message`` ending in `` (N times)`` for a finding seen again."""
+    base = message.rsplit(" (", 1)[0] if message.endswith(" times)") else message
+    return f"{base} ({count} times)"
 
 
 def code_site(code: CodeType, lasti: int) -> Frame:
@@ -356,6 +371,7 @@ class PostCloseDetector(EventDetector):
         threads = details["threads"]
         if thread not in threads and len(threads) < 8:
             threads.append(thread)
+        finding.message = times(finding.message, details["count"])
 
 
 # -- dropped_callback ------------------------------------------------------------------
@@ -592,8 +608,6 @@ def _dropped_finding(group: dict[str, Any]) -> Finding:
     stacks: dict[str, list[Frame]] = {}
     if group["stack"]:
         stacks["scheduled"] = list(group["stack"])
-    elif site is not None and group["known_site"]:
-        stacks["scheduled"] = [site]
     if not group["known_site"]:
         message += " (where it was scheduled is unknown: this is where the callback is defined)"
     return Finding(

@@ -34,7 +34,7 @@ from .._frames import Frame, format_raw, frame_of, pick_site
 from .._records import coro_name
 from .._report import Finding
 from . import Detector
-from .closed import EventDetector, raw_from
+from .closed import EventDetector, raw_from, times
 
 __all__ = [
     "DestroyedPendingDetector",
@@ -209,6 +209,7 @@ class NeverAwaitedDetector(EventDetector):
             seen = self._by_key.get(key)
             if seen is not None:
                 seen.details["count"] += 1
+                seen.message = times(seen.message, seen.details["count"])
                 return
             drop_site = pick_site(dropped)
             where = ""
@@ -218,7 +219,7 @@ class NeverAwaitedDetector(EventDetector):
                     where += f", dropped at {drop_site.file}:{drop_site.line}"
                 where += ")"
             elif drop_site is not None:
-                where = f" (dropped at {drop_site.file}:{drop_site.line})"
+                where = f" (dropped unawaited at {drop_site.file}:{drop_site.line})"
             stacks: dict[str, list[Frame]] = {}
             if created:
                 stacks["created"] = created
@@ -226,7 +227,7 @@ class NeverAwaitedDetector(EventDetector):
                 stacks["dropped"] = dropped
             finding = Finding(
                 kind="never_awaited",
-                message=f"coroutine {name} was created and never awaited{where}",
+                message=f"coroutine {name} was never awaited{where}",
                 site=site,
                 stacks=stacks,
                 hint=NEVER_AWAITED_HINT,
@@ -331,6 +332,12 @@ class DestroyedPendingDetector(Detector):
     name = "destroyed_pending"
     kinds = ("destroyed_pending",)
 
+    def __init__(self, watcher: Any) -> None:
+        super().__init__(watcher)
+        self._lock = threading.Lock()
+        #: (coroutine, site) -> the finding that groups tasks lost the same way
+        self._groups: dict[Any, Finding] = {}
+
     def exception_context(self, context: dict[str, Any]) -> None:
         if context.get("message") != _DESTROYED:
             return
@@ -341,6 +348,21 @@ class DestroyedPendingDetector(Detector):
             info = self.watcher.info(task)
         except Exception:  # the task is being finalized: read what can be read
             info = self.watcher.info(task, awaiting=False)
+        site = info.site
+        key = ("destroyed_pending", info.coro, site.file if site else "",
+               site.line if site else 0)
+        with self._lock:
+            seen = self._groups.get(key) if site is not None else None
+            if seen is not None:
+                seen.details["count"] += 1
+                ids = seen.details["tasks"]
+                if len(ids) < 20:
+                    ids.append(info.id)
+                n = seen.details["count"]
+                shown = ", ".join(ids) + (", ..." if n > len(ids) else "")
+                seen.message = (f"{n} tasks running {info.coro} ({shown}) were garbage-collected "
+                                "while still pending: nothing kept a reference to them")
+                return
         stacks: dict[str, list[Frame]] = {}
         if info.stack:
             stacks["created"] = list(info.stack)
@@ -359,14 +381,19 @@ class DestroyedPendingDetector(Detector):
             frame = getattr(coro, "cr_frame", None)
             if frame is not None:
                 stacks["coroutine"] = [frame_of(frame)]
-        self.watcher.add_finding(Finding(
+        finding = Finding(
             kind="destroyed_pending",
             message=(f"task {info.id} {info.name!r} ({info.coro}) was garbage-collected while "
                      f"still pending{where}: nothing kept a reference to it"),
-            site=info.site,
+            site=site,
             task=info.ref(),
             stacks=stacks,
             hint=DESTROYED_HINT,
-            details={"awaiting": awaiting.what if awaiting else None, "age": info.age},
-            key=("destroyed_pending", info.id),
-        ))
+            details={"awaiting": awaiting.what if awaiting else None, "age": info.age,
+                     "count": 1, "tasks": [info.id]},
+            key=key if site is not None else ("destroyed_pending", info.id),
+        )
+        with self._lock:
+            if site is not None and len(self._groups) < 1000:
+                self._groups[key] = finding
+        self.watcher.add_finding(finding)
