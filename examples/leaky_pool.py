@@ -1,4 +1,4 @@
-"""A connection pool that leaks a task per request, and an export that abandons a cursor.
+"""A connection pool that leaks a task per request, and an export that leaves things behind.
 
 Run it under loopwatch:
 
@@ -9,11 +9,15 @@ manages by hand, and exits 0. Nothing fails, but memory would grow without end i
 production: every ``acquire()`` starts a task that watches the connection and
 never finishes. loopwatch compares snapshots of the live tasks once a second and
 reports the ``create_task`` line whose tasks keep growing (``task_growth``; the
-service starts its loop with ``loopwatch.run`` to ask for a short interval). The
-export breaks out of an ``async for`` over an async generator and closes its loop
-without ``shutdown_asyncgens()``: the generator's ``finally`` (which gives the
-connection back) never runs, and loopwatch reports the line that started it
-(``asyncgen_unfinalized``).
+service starts its loop with ``loopwatch.run`` to ask for a short interval).
+
+The export closes its loop by hand, and leaves three things behind: an async
+generator it broke out of, whose ``finally`` (which gives the connection back)
+never runs because nobody called ``shutdown_asyncgens()``
+(``asyncgen_unfinalized``, at the line that started it; uvloop happens to run the
+queued ``aclose()`` before it stops, so there it is finalized); a clean-up job
+still running in the default executor (``executor_thread``: the interpreter waits
+for it at exit); and a progress server it never closed (``unclosed_resource``).
 """
 
 from __future__ import annotations
@@ -92,13 +96,29 @@ async def first_user(pool: Pool) -> dict[str, int]:
     raise LookupError("no users")
 
 
+def prune_old_archives() -> None:
+    time.sleep(0.3)  # deleting last week's archives from a slow disk
+
+
+async def progress(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"export running\n")
+    writer.close()
+
+
+async def run_export(pool: Pool) -> dict[str, int]:
+    loop = asyncio.get_running_loop()
+    await asyncio.start_server(progress, "127.0.0.1", 0)
+    loop.run_in_executor(None, prune_old_archives)  # finishes on its own, some time
+    return await first_user(pool)
+
+
 def export() -> dict[str, int]:
     loop = asyncio.new_event_loop()
     try:
         pool = Pool(size=1)
-        return loop.run_until_complete(first_user(pool))
+        return loop.run_until_complete(run_export(pool))
     finally:
-        loop.close()  # without loop.shutdown_asyncgens()
+        loop.close()  # without shutdown_asyncgens() or shutdown_default_executor()
 
 
 def main() -> None:
