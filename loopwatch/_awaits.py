@@ -183,12 +183,18 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
     timeout: float | None = None
     waits: tuple[int, ...] = ()
     known_frame: FrameType | None = None
+    wait_for_task: asyncio.Task[Any] | None = None
     for live, _ in reversed(chain):  # innermost first
         kind = _kind_of(live)
         if kind is None:
             continue
         if kind == "wait_for":
             timeout = _number(live, "timeout")
+            # 3.10 and 3.11: wait_for awaits a plain future that the awaited task
+            # releases; the task itself is its local ``fut``.
+            inner = _local(live, "fut")
+            if not what and isinstance(inner, asyncio.Task) and not inner.done():
+                wait_for_task = inner
             continue
         if not what:
             what = kind
@@ -207,6 +213,10 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
                           and not c.done())
             what = "gather"
             detail = ", ".join(f"T{n}" for n in waits) or "done children"
+        elif not what and wait_for_task is not None:
+            what = "task"
+            waits = (task_id(wait_for_task),)
+            detail = f"T{waits[0]}"
         elif not what:
             what = "executor job" if _is_executor_future(waiter) else "future"
             if what == "future":
