@@ -174,18 +174,18 @@ def _run(block: Block, folder: Path) -> Outcome:
         if block.setup:
             (folder / "setup.py").write_text(block.setup, encoding="utf-8")
             commands.insert(0, [sys.executable, "setup.py"])
-    outcome = Outcome(0, "", "")
+    output = ""
     for argv in commands:
         try:
             done = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True,
                                   timeout=TIMEOUT)
         except subprocess.TimeoutExpired as exc:
-            return Outcome(-1, f"timed out after {TIMEOUT} s\n{exc.stdout}\n{exc.stderr}",
-                           shlex.join(argv))
-        outcome = Outcome(done.returncode, done.stdout + done.stderr, shlex.join(argv))
-        if argv is not commands[-1] and done.returncode != 0:
-            return outcome
-    return outcome
+            return Outcome(-1, f"{output}timed out after {TIMEOUT} s\n{exc.stdout}\n"
+                               f"{exc.stderr}", shlex.join(argv))
+        output += done.stdout + done.stderr
+        if argv is commands[-1] or done.returncode != 0:
+            return Outcome(done.returncode, output, shlex.join(argv))
+    return Outcome(0, output, "")
 
 
 def _skip_reason(block: Block) -> str | None:
