@@ -20,6 +20,7 @@ How examples are written (the conventions this file enforces):
     blocks of any language (```ini, ```toml).
   - ``write-only``: with ``file=``, save it but do not run it on its own.
   - ``python>=3.12``: run only on that Python or newer.
+  - ``needs=CMD``: run only when the command ``CMD`` is on PATH (``jq``).
   - ``exit=N``: the expected exit status (of the program, or of a console block's
     last command).
   - ``expect=TEXT``: TEXT (``_`` for spaces) must appear in the output (stdout and
@@ -41,6 +42,7 @@ import inspect
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -193,6 +195,9 @@ def _skip_reason(block: Block) -> str | None:
         return "marked no-run"
     if "write-only" in block.words:
         return "write-only: saved for the page's other examples"
+    for command in block.options("needs"):
+        if shutil.which(command) is None:
+            return f"needs {command} on PATH"
     for word in block.words:
         found = re.fullmatch(r"python>=(\d+)\.(\d+)", word)
         if found and sys.version_info < (int(found.group(1)), int(found.group(2))):
