@@ -165,6 +165,9 @@ def _add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
             "uvloop). At exit, a short summary on stderr says what was found; --report "
             "writes all of it as JSON. Options go before the program; everything after it "
             "is the program's own."),
+        epilog=(
+            "Exit status: the program's own (as python would give it), 3 with --fail-on "
+            "when findings of those kinds exist, 2 for bad input to loopwatch itself."),
         allow_abbrev=False,
     )
 
@@ -178,8 +181,9 @@ def _add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     option("--uvloop", action="store_true",
            help="make uvloop the base loop of every loop the program makes")
     option("--console", metavar="ADDR", type=_console, default="auto",
-           help="console address for each loop: unix:PATH, tcp:HOST:PORT, 'auto' (the "
-                "default: a Unix socket for this process) or 'off'")
+           help="where the live console listens (`loopwatch ps PID` and friends): "
+                "unix:PATH, tcp:HOST:PORT, 'auto' (the default: a Unix socket for this "
+                "process) or 'off'")
     option("--parked-after", metavar="SECONDS", type=_seconds, dest="parked_after",
            help="report a task waiting on the same future longer than this (default 10)")
     option("--stall-after", metavar="SECONDS", type=_seconds, dest="stall_after",
