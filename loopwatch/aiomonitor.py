@@ -568,20 +568,20 @@ _GROWTH_ROWS = 20
 
 
 _DEFINITIONS: tuple[tuple[str, str, list[Any], Callable[..., str]], ...] = (
-    ("parked", "loopwatch: tasks waiting on the same thing for too long", [
+    ("parked", "loopwatch: tasks stuck waiting on one thing", [
         click.option("--over", type=float, default=None, metavar="SECONDS",
                      help="only tasks parked longer than this (default: parked_after)"),
     ], _parked),
-    ("stalls", "loopwatch: times the loop was blocked, with the blocking line", [], _stalls),
-    ("lag", "loopwatch: how late the loop runs its callbacks (p50, p99, max)", [], _lag),
-    ("audit", "loopwatch: what would be left behind if the loop shut down now", [
+    ("stalls", "loopwatch: when the loop was blocked, and where", [], _stalls),
+    ("lag", "loopwatch: loop lag (p50, p99, max)", [], _lag),
+    ("audit", "loopwatch: what shutdown would leave behind", [
         click.option("--stacks", is_flag=True, help="show the stacks of each finding"),
     ], _audit),
-    ("findings", "loopwatch: everything loopwatch found so far", [
+    ("findings", "loopwatch: everything found so far", [
         click.option("--kind", default=None, metavar="KINDS", help="comma list of kinds"),
         click.option("--stacks", is_flag=True, help="show the stacks of each finding"),
     ], _findings),
-    ("growth", "loopwatch: creation sites whose live tasks keep growing", [
+    ("growth", "loopwatch: creation sites that keep growing", [
         click.option("--baseline", is_flag=True, help="take a new baseline snapshot"),
     ], _growth),
 )

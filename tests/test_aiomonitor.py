@@ -308,6 +308,7 @@ def test_console_session_shows_loopwatch_data(looper: LoopThread, monitor: lwa.L
     for name in ("parked", "stalls", "lag", "audit", "findings", "growth",  # loopwatch's
                  "ps", "where", "cancel", "stacktrace"):  # aiomonitor's
         assert re.search(rf"^  {re.escape(name)}\b", help_text, re.M), name
+    assert "..." not in help_text.split("  parked", 1)[1].splitlines()[0]  # not cut short
 
     # aiomonitor's task list: loopwatch ids, creation site, age and time parked
     ps = terminal.command("ps")
