@@ -302,8 +302,6 @@ class _Session:
         for watcher in self.open_watchers():
             check.watch(watcher, subscribe_=False)
         ic.origins.start()
-        if self.dump_after is not None:
-            ic.arm_dump(self.dump_after)
         if GUARD not in item.fixturenames:
             item.fixturenames.insert(0, GUARD)
         self.current = ic
@@ -693,6 +691,16 @@ def _is_runner(fixturedef: Any, value: Any) -> bool:
     name = getattr(fixturedef, "argname", "")
     return name.startswith("_") and name.endswith("_scoped_runner") and \
         callable(getattr(value, "get_loop", None))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    state = _session(item.config)
+    ic = state.current if state is not None else None
+    if state is not None and ic is not None and ic.item is item and \
+            state.dump_after is not None:
+        ic.arm_dump(state.dump_after)  # cancelled at the end of the teardown
+    return (yield)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
