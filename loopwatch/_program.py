@@ -6,7 +6,8 @@ module`` set them. Before it starts, every way it can make a loop is routed to a
 watched loop: the event loop policy (``asyncio.run``, ``asyncio.new_event_loop``,
 ``asyncio.Runner``, ``anyio.run``) and uvloop's module-level factories (``uvloop.run``,
 ``uvloop.new_event_loop``, ``uvloop.install``, anyio's ``use_uvloop=True``), patched
-the moment uvloop is imported.
+the moment uvloop is imported. Every watcher of the run is kept to be reported at
+exit, and the first live one gets the console (``loopwatch ps PID``).
 
 When the program ends, however it ends, the steps Python itself takes at exit are
 taken here in the same order (non-daemon threads are joined, then ``atexit``
@@ -35,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._exceptions import ConsoleError, LoopwatchError
-from ._loops import WatchedEventLoopPolicy, _WatchedLoopMixin, attach
+from ._loops import WatchedEventLoopPolicy, _WatchedLoopMixin, attach, loop_factory
 from ._options import Options, make_options
 from ._report import Finding, Report
 from ._watcher import Watcher, on_new_watcher
@@ -405,26 +406,29 @@ class _Session:
             sys.set_coroutine_origin_tracking_depth(depth)
 
     def _adopt(self, watcher: Watcher) -> None:
+        """Every new watcher of the run (``on_new_watcher``): kept, and given the
+        console unless the program chose console options for that loop itself."""
         self.watchers.append(watcher)
+        if watcher.options.console is None:
+            self._give_console(watcher)
 
     def _install_policy(self, base: str) -> None:
-        policy = _RunPolicy(self, base)
+        policy = WatchedEventLoopPolicy(base, **self.settings.options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             asyncio.set_event_loop_policy(policy)
 
-    def loop_made(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
-        """A loop was made for the program: give it its console."""
+    def _give_console(self, watcher: Watcher) -> None:
+        """Start the console for ``watcher``; a console that cannot start is one line on
+        stderr, and the program runs on. (Called while the watcher is being set up: the
+        server only keeps the watcher, and commands come later.)"""
         address = self.settings.console
-        if address is None:
-            return loop
-        watcher = getattr(loop, "_lw_watcher", None)
-        if watcher is None or watcher.console is not None:
-            return loop
+        if address is None or watcher.console is not None:
+            return
         if any(w.console is not None for w in self.watchers if w is not watcher):
             # One console per process at a time: it serves the first live loop, and the
             # next new loop gets it when that one closes (two could not share the address).
-            return loop
+            return
         try:
             watcher.start_console(address)
         except ConsoleError as exc:
@@ -438,7 +442,6 @@ class _Session:
         except Exception as exc:
             _say(f"loopwatch: the console did not start: {type(exc).__name__}: {exc}; "
                  "the program runs on")
-        return loop
 
     def watched(self, factory: Callable[[], Any]) -> Callable[[], Any]:
         """A loop factory the program chose, made to return watched loops."""
@@ -448,14 +451,9 @@ class _Session:
             # A loop class: a watched subclass of it sees everything a watched loop sees
             # (attaching to an instance cannot see what a runner leaves behind).
             try:
-                watched_class = _watched_class(factory, make_options(**options))
+                return _watched_class(factory, make_options(**options))
             except Exception:
-                pass
-            else:
-                def new_watched_loop() -> Any:
-                    return self.loop_made(watched_class())
-
-                return new_watched_loop
+                pass  # attached below
 
         def new_event_loop() -> Any:
             loop = factory()
@@ -464,15 +462,14 @@ class _Session:
                     attach(loop, **options)
                 except Exception as exc:
                     _say(f"loopwatch: cannot watch {loop!r}: {exc}")
-                    return loop
-            return self.loop_made(loop)
+            return loop
 
         return new_event_loop
 
     def _patch_uvloop(self, uvloop: types.ModuleType) -> None:
         """Route uvloop's module-level ways of making loops to watched uvloop loops."""
         try:
-            make = _RunPolicy(self, "uvloop").new_event_loop
+            make = loop_factory("uvloop", **self.settings.options)
         except LoopwatchError as exc:
             _say(f"loopwatch: uvloop loops cannot be watched: {exc}")
             return
@@ -637,17 +634,6 @@ def _watched_class(cls: type[Any], options: Options) -> type[Any]:
                       "__qualname__": cls.__qualname__})
         _watched_classes[key] = found
     return found
-
-
-class _RunPolicy(WatchedEventLoopPolicy):
-    """The policy ``loopwatch run`` installs: watched loops, each with its console."""
-
-    def __init__(self, session: _Session, base: str) -> None:
-        super().__init__(base, **session.settings.options)
-        self._lw_session = session
-
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        return self._lw_session.loop_made(super().new_event_loop())
 
 
 class _ImportHook:

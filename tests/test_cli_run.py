@@ -610,14 +610,20 @@ async def main():
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     task.cancel()
 
-asyncio.run(main())
+if os.environ.get("OWN_LOOPWATCH"):
+    import loopwatch
+    loopwatch.run(main())  # the program's own watched loop, without console options
+else:
+    asyncio.run(main())
 """
 
 
-@pytest.mark.parametrize("console", ["auto", "off"])
-def test_console_is_on_by_default(tmp_path: Path, console: str) -> None:
+@pytest.mark.parametrize(("console", "own"), [("auto", False), ("off", False), ("auto", True)])
+def test_console_is_on_by_default(tmp_path: Path, console: str, own: bool) -> None:
     script = write(tmp_path, "app.py", SERVED)
+    env = {**os.environ, "OWN_LOOPWATCH": "1" if own else ""}
     proc = subprocess.Popen([*LOOPWATCH, "run", *BASE_FLAGS, "--console", console, str(script)],
+                            env=env,
                             cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
