@@ -39,3 +39,18 @@ def pytest_report_header(config: pytest.Config) -> str:
 def base_loop() -> str:
     """The base loop this run tests on: "asyncio" or "uvloop"."""
     return BASE_LOOP
+
+
+if BASE_LOOP == "uvloop":
+
+    def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+        """The suite's own pytest-asyncio tests run on uvloop too."""
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+def anyio_backend() -> object:
+    """The suite's own anyio tests run on the base loop (anyio's use_uvloop on uvloop)."""
+    return ("asyncio", {"use_uvloop": True}) if BASE_LOOP == "uvloop" else "asyncio"
