@@ -45,17 +45,21 @@ from typing import Any
 from rich.table import Table
 
 try:
-    import aiomonitor as _aiomonitor
-    import click
-    from aiohttp import web as _aiohttp_web
-    from aiomonitor.exceptions import MissingTask
-    from aiomonitor.termui.commands import auto_command_done, custom_help_option, monitor_cli
-    from aiomonitor.types import (
-        FormatItemTypes,
-        FormattedLiveTaskInfo,
-        FormattedStackItem,
-        FormattedTerminatedTaskInfo,
-    )
+    with warnings.catch_warnings():
+        # aiomonitor 0.7.1 imports click.parser.split_arg_string, which click 8.2+
+        # deprecates: under -W error the import itself would fail.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import aiomonitor as _aiomonitor
+        import click
+        from aiohttp import web as _aiohttp_web
+        from aiomonitor.exceptions import MissingTask
+        from aiomonitor.termui.commands import auto_command_done, custom_help_option, monitor_cli
+        from aiomonitor.types import (
+            FormatItemTypes,
+            FormattedLiveTaskInfo,
+            FormattedStackItem,
+            FormattedTerminatedTaskInfo,
+        )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         f"loopwatch.aiomonitor needs aiomonitor: pip install 'loopwatch[aiomonitor]' ({exc})"

@@ -15,6 +15,7 @@ import json
 import re
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -25,14 +26,15 @@ from typing import Any
 
 import pytest
 
-aiomonitor = pytest.importorskip("aiomonitor")
+# loopwatch.aiomonitor imports aiomonitor without its import-time DeprecationWarning
+lwa = pytest.importorskip("loopwatch.aiomonitor")
 
+import aiomonitor  # noqa: E402
 import click  # noqa: E402
 from aiomonitor.termui.commands import AliasGroupMixin, monitor_cli  # noqa: E402
 from aiomonitor.types import FormattedLiveTaskInfo, FormattedTerminatedTaskInfo  # noqa: E402
 
 import loopwatch  # noqa: E402
-import loopwatch.aiomonitor as lwa  # noqa: E402
 
 from .conftest import BASE_LOOP  # noqa: E402
 
@@ -261,6 +263,15 @@ def test_aiomonitor_has_what_the_integration_relies_on() -> None:
         assert "self._ui_started.wait()" in inspect.getsource(Monitor.start)
     finally:
         loop.close()
+
+
+def test_importing_it_works_under_W_error() -> None:
+    """aiomonitor 0.7.1 with click 8.2+ warns (DeprecationWarning) while it is being
+    imported, so `python -W error` cannot import it; loopwatch.aiomonitor can."""
+    code = "import loopwatch.aiomonitor; import aiomonitor; print(aiomonitor.__version__)"
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_commands_registered_next_to_aiomonitors_own() -> None:
