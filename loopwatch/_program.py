@@ -270,7 +270,7 @@ _WRAPPER_CODES = frozenset(
     value.__code__ for value in vars(_WatchedLoopMixin).values()
     if isinstance(value, types.FunctionType)
 )
-_FROZEN_HEAD = ("<frozen runpy>", "<frozen importlib._bootstrap")
+_FROZEN_HEAD = ("<frozen runpy>", "<frozen importlib")
 
 
 def _passthrough(tb: types.TracebackType) -> bool:

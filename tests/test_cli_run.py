@@ -397,6 +397,18 @@ def test_crash_with_findings_still_writes_report(tmp_path: Path) -> None:
     assert_straggler(load(tmp_path / "r.json"), script)
 
 
+def test_package_that_fails_to_import_is_the_programs_error(tmp_path: Path) -> None:
+    write(tmp_path, "pkg/__init__.py", "import missing_dependency_for_loopwatch_tests\n")
+    write(tmp_path, "pkg/app.py", "print('never')\n")
+    result = run("-m", "pkg.app", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Traceback (most recent call last):\n"
+        f'  File "{tmp_path / "pkg" / "__init__.py"}", line 1, in <module>\n'
+        "    import missing_dependency_for_loopwatch_tests\n"
+        "ModuleNotFoundError: No module named 'missing_dependency_for_loopwatch_tests'\n")
+
+
 def test_syntax_error_is_shown_like_python(tmp_path: Path) -> None:
     script = write(tmp_path, "bad.py", "def broken(:\n    pass\n")
     expected = plain(script, cwd=tmp_path)
