@@ -4,6 +4,10 @@ from ._awaits import Awaiting as Awaiting
 from ._detectors.growth import TaskSnapshot as TaskSnapshot
 from ._detectors.growth import TaskStat as TaskStat
 from ._detectors.growth import TaskStatDiff as TaskStatDiff
+from ._dump import cancel_dump_later as cancel_dump_later
+from ._dump import dump as dump
+from ._dump import dump_later as dump_later
+from ._dump import dump_on_signal as dump_on_signal
 from ._exceptions import ConsoleError as ConsoleError
 from ._exceptions import LoopLeakError as LoopLeakError
 from ._exceptions import LoopwatchError as LoopwatchError

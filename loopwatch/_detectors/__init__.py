@@ -73,6 +73,8 @@ class Detector:
 #: every detector, as (module, class) under ``loopwatch._detectors``, in report order
 DETECTORS: tuple[tuple[str, str], ...] = (
     ("stragglers", "StragglerDetector"),
+    ("stall", "StallDetector"),
+    ("parked", "ParkedDetector"),
     ("closed", "PostCloseDetector"),
     ("closed", "DroppedCallbackDetector"),
     ("lost", "NeverAwaitedDetector"),
