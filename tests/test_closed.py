@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import loopwatch
-from loopwatch._detectors.closed import CALL_INS, PostCloseDetector
+from loopwatch._detectors.closed import CALL_INS, DroppedCallbackDetector, PostCloseDetector
 
 from .conftest import BASE_LOOP
 
@@ -322,3 +322,28 @@ def test_a_kept_handle_that_already_ran_is_not_dropped() -> None:
     loop.run_until_complete(main())
     loop.close()
     assert kept and of_kind(w, "dropped_callback") == []
+
+
+def test_many_timers_that_ran_or_were_cancelled_are_forgotten() -> None:
+    loop = new_loop()
+    w = loopwatch.watcher(loop)
+    detector = w.detector("dropped_callback")
+    assert isinstance(detector, DroppedCallbackDetector)
+
+    async def churn() -> None:
+        loop = asyncio.get_running_loop()
+        for n in range(3000):
+            loop.call_later(30, nothing).cancel()
+            loop.call_later(0.0001, nothing)
+            if n % 100 == 0:
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        loop.call_later(30, nothing)  # L:survivor
+
+    loop.run_until_complete(churn())
+    tracked = len(detector._sites) + len(detector._handles)
+    assert tracked < 2100  # pruned as it grew, not 6000
+    loop.close()
+    (finding,) = of_kind(w, "dropped_callback")
+    assert_site(finding, "churn", "survivor")
+    assert finding.details["count"] == 1

@@ -12,8 +12,8 @@ subclasses do):
   shutdown (those threads are joined before ``atexit``) are still recorded.
 - ``dropped_callback``: ``call_later`` and ``call_at`` are wrapped from the start
   (a ``TimerHandle`` has no record of where it was made outside debug mode). A
-  wrapper notes only the caller's code object and instruction offset, next to a
-  weak reference to the handle; timers made by asyncio, anyio or loopwatch on
+  wrapper notes only the caller's code object and instruction offset, next to the
+  handle's id (or the handle itself on uvloop); timers made by asyncio, anyio or loopwatch on
   behalf of an ``await`` are not noted (the task that awaits is what gets
   reported). When the loop closes, the timers still scheduled, and on asyncio's
   loop the ``call_soon`` callbacks still queued, are the findings.
@@ -29,7 +29,6 @@ import functools
 import os
 import sys
 import threading
-import weakref
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
@@ -124,21 +123,26 @@ class LoopPatches:
                 pass
 
 
-_user_codes: dict[CodeType, bool] = {}
+#: id(code) -> is it user code; keyed by id because hashing a code object hashes its
+#: whole content (slow on a hot path). The code object is kept in ``_user_code_refs`` so
+#: that its id cannot be reused while the entry exists.
+_user_codes: dict[int, bool] = {}
+_user_code_refs: list[CodeType] = []
 
 
 def is_user_code(code: CodeType) -> bool:
     """Whether ``code`` is the program's own (not asyncio, anyio, pytest or loopwatch
     plumbing). Cached per code object: this runs on hot paths."""
-    try:
-        return _user_codes[code]
-    except KeyError:
-        pass
+    result = _user_codes.get(id(code))
+    if result is not None:
+        return result
     filename = code.co_filename
     result = not is_library(filename if filename.startswith("<") else os.path.abspath(filename))
-    if len(_user_codes) > 50_000:
+    if len(_user_code_refs) > 50_000:
         _user_codes.clear()
-    _user_codes[code] = result
+        _user_code_refs.clear()
+    _user_code_refs.append(code)
+    _user_codes[id(code)] = result
     return result
 
 
@@ -383,42 +387,53 @@ DROPPED_HINT = (
 )
 
 
-class _TimerRef(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference to a timer handle, with where it was made."""
-
-    __slots__ = ("key", "code", "lasti", "method")
-    key: int
-    code: CodeType
-    lasti: int
-    method: str
+#: where a timer was made: (code, instruction offset, method)
+_Site = tuple[CodeType, int, str]
+_CALL_LATER = asyncio.BaseEventLoop.call_later.__code__
 
 
 class DroppedCallbackDetector(EventDetector):
+    """Timers are noted where they are made, as cheaply as possible (this runs for every
+    ``call_later`` of the program):
+
+    - on asyncio's loop, which shows its queues, by ``id(handle)`` with the timer's due
+      time (checked at close, so a reused id cannot be mistaken for another timer);
+      the map is pruned against the loop's queues as it grows;
+    - on a loop that hides them (uvloop), the handle itself is kept, and pruned of the
+      timers that ran or were cancelled as the list grows (uvloop clears a handle's
+      callback once it ran or was cancelled, so a kept handle holds nothing else).
+    """
+
     name = "dropped_callback"
     kinds = ("dropped_callback",)
 
     def __init__(self, watcher: Any) -> None:
         super().__init__(watcher)
-        #: id(handle) -> weak reference with the scheduling site
-        self._timers: dict[int, _TimerRef] = {}
+        #: asyncio: id(handle) -> (site, due time)
+        self._sites: dict[int, tuple[_Site, float]] = {}
+        #: uvloop: (handle, site)
+        self._handles: list[tuple[Any, _Site]] = []
+        self._prune_at = 1024
+        self._asyncio_like = True
         self._patches: LoopPatches | None = None
         self._notes: list[str] = []
-        self._ready_hidden = False
 
     def install(self) -> None:
         loop = self.watcher.loop
+        self._asyncio_like = _asyncio_queues(loop) is not None
         patches = LoopPatches(loop)
-        ok = all([patches.wrap(name, functools.partial(self._wrapper, name))
-                  for name in ("call_later", "call_at")])
+        # asyncio's call_later calls self.call_at: wrapping call_at alone sees both (one
+        # wrapper less on the path of every asyncio.sleep and timeout).
+        names = ("call_at",) if self._asyncio_like and getattr(type(loop), "call_later", None) \
+            is asyncio.BaseEventLoop.call_later else ("call_later", "call_at")
+        ok = all([patches.wrap(name, functools.partial(self._wrapper, name)) for name in names])
         self._patches = patches
-        asyncio_like = _asyncio_queues(loop) is not None
         if not ok:
             self._notes.append(
                 f"dropped_callback: {type(loop).__name__} takes no attributes, so timers are "
-                "not tracked where they are made" + ("" if asyncio_like else
+                "not tracked where they are made" + ("" if self._asyncio_like else
                                                      " and dropped timers are not observable"))
-        if not asyncio_like:
-            self._ready_hidden = True
+        if not self._asyncio_like:
             self._notes.append(
                 f"dropped_callback: callbacks queued with call_soon() that had not run when the "
                 f"loop closed are not observable on {self.watcher.base} (its ready queue is "
@@ -431,7 +446,8 @@ class DroppedCallbackDetector(EventDetector):
         if self._patches is not None:
             self._patches.undo()
             self._patches = None
-        self._timers.clear()
+        self._sites.clear()
+        self._handles.clear()
 
     def notes(self) -> list[str]:
         return list(self._notes)
@@ -439,24 +455,32 @@ class DroppedCallbackDetector(EventDetector):
     def _wrapper(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
         getframe = sys._getframe
         user_codes = _user_codes
-        timers = self._timers
-        forget = self._forget
+        sites = self._sites
+        handles = self._handles
+        asyncio_like = self._asyncio_like
 
-        def schedule_timer(*args: Any, **kwargs: Any) -> Any:
-            handle = original(*args, **kwargs)
+        def schedule_timer(when: Any, callback: Any, *args: Any, context: Any = None) -> Any:
+            handle = original(when, callback, *args, context=context)
             frame = getframe(1)
             code = frame.f_code
-            user = user_codes.get(code)
+            how = method
+            if code is _CALL_LATER and frame.f_back is not None:
+                frame = frame.f_back
+                code = frame.f_code
+                how = "call_later"
+            user = user_codes.get(id(code))
             if user is None:
                 user = is_user_code(code)
             if user and self.enabled:
                 try:
-                    ref = _TimerRef(handle, forget)
-                    ref.key = key = id(handle)
-                    ref.code = code
-                    ref.lasti = frame.f_lasti
-                    ref.method = method
-                    timers[key] = ref
+                    if asyncio_like:
+                        sites[id(handle)] = ((code, frame.f_lasti, how), handle.when())
+                        if len(sites) >= self._prune_at:
+                            self._prune()
+                    elif hasattr(handle, "when"):  # uvloop: call_later(0) is a call_soon
+                        handles.append((handle, (code, frame.f_lasti, how)))
+                        if len(handles) >= self._prune_at:
+                            self._prune()
                 except Exception as exc:
                     self.failed(exc)
             return handle
@@ -464,15 +488,31 @@ class DroppedCallbackDetector(EventDetector):
         schedule_timer.__wrapped__ = original  # type: ignore[attr-defined]
         return schedule_timer
 
-    def _forget(self, ref: _TimerRef) -> None:
-        if self._timers.get(ref.key) is ref:
-            self._timers.pop(ref.key, None)
+    def _prune(self) -> None:
+        """Forget the timers that ran or were cancelled (loop thread)."""
+        loop = self.watcher.loop
+        if self._asyncio_like:
+            queues = _asyncio_queues(loop)
+            if queues is None:
+                return
+            live = {id(h) for h in queues[0]} | {id(h) for h in queues[1]}
+            kept = {k: v for k, v in self._sites.items() if k in live}
+            self._sites.clear()
+            self._sites.update(kept)
+            size = len(kept)
+        else:
+            now = loop.time()
+            still = [(h, site) for h, site in self._handles
+                     if _foreign_pending_name(h, now, loop) is not None]
+            self._handles[:] = still
+            size = len(still)
+        self._prune_at = max(1024, 2 * size)
 
-    def _tracked(self, handle: Any) -> _TimerRef | None:
-        ref = self._timers.get(id(handle))
-        if ref is not None and ref() is handle:
-            return ref
-        return None
+    def _site_of(self, handle: Any) -> _Site | None:
+        entry = self._sites.get(id(handle))
+        if entry is None or entry[1] != _when(handle):
+            return None
+        return entry[0]
 
     def before_close(self) -> None:
         loop = self.watcher.loop
@@ -484,15 +524,13 @@ class DroppedCallbackDetector(EventDetector):
             for handle in scheduled + ready:
                 self._consider_asyncio(handle, now, groups)
         else:
-            for ref in list(self._timers.values()):
-                handle = ref()
-                if handle is None:
-                    continue
+            for handle, (code, lasti, method) in list(self._handles):
                 name = _foreign_pending_name(handle, now, loop)
                 if name is None:
                     continue
-                self._add(groups, site=code_site(ref.code, ref.lasti), method=ref.method,
+                self._add(groups, site=code_site(code, lasti), method=method,
                           callback=name, due=_when(handle) - now, stack=None)
+            self._handles.clear()
         for group in groups.values():
             self.watcher.add_finding(_dropped_finding(group))
 
@@ -503,11 +541,11 @@ class DroppedCallbackDetector(EventDetector):
         if callback is None:
             return
         timer = isinstance(handle, asyncio.TimerHandle)
-        ref = self._tracked(handle) if timer else None
-        if ref is not None:
+        made = self._site_of(handle) if timer else None
+        if made is not None:
             if is_loopwatch_callable(callback):
                 return
-            self._add(groups, site=code_site(ref.code, ref.lasti), method=ref.method,
+            self._add(groups, site=code_site(made[0], made[1]), method=made[2],
                       callback=callable_name(callback), due=_when(handle) - now, stack=None)
             return
         if is_plumbing_callback(callback):

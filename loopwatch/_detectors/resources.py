@@ -350,10 +350,12 @@ _HEX = re.compile(r"0x[0-9a-fA-F]+")
 
 
 class _ResRef(weakref.ref):  # type: ignore[type-arg]
-    __slots__ = ("key", "raw", "method")
+    __slots__ = ("key", "raw", "method", "handles")
     key: int
     raw: RawStack
     method: str
+    #: addresses in its repr (uvloop names a transport by its handle's address)
+    handles: tuple[str, ...]
 
 
 _wlock = threading.RLock()  # RLock: a weak reference callback may run under it
@@ -525,7 +527,7 @@ class UnclosedResourceDetector(EventDetector):
         #: transports and servers opened through the wrapped methods: id -> weak ref
         self._opened: dict[int, _ResRef] = {}
         #: sites of those whose weak reference was just cleared
-        self._gone: dict[int, tuple[RawStack, str]] = {}
+        self._gone: dict[int | str, tuple[RawStack, str, float]] = {}
         self._patches: LoopPatches | None = None
         self._listening = False
         self._force = False
@@ -594,6 +596,7 @@ class UnclosedResourceDetector(EventDetector):
             ref.key = id(obj)
             ref.raw = raw
             ref.method = method
+            ref.handles = tuple(_HEX.findall(_short(obj)))
             self._opened[ref.key] = ref
         except Exception as exc:
             self.failed(exc)
@@ -604,16 +607,27 @@ class UnclosedResourceDetector(EventDetector):
             self._opened.pop(ref.key, None)
         # The collector clears weak references before finalizers run: keep the site for
         # the ResourceWarning that the transport's finalizer may issue next.
+        # An address or id is reused once the object is freed: an entry is good only
+        # for the warning that follows at once, in the same collection.
         gone = self._gone
-        gone[ref.key] = (ref.raw, ref.method)
-        while len(gone) > 256:
+        now = time.monotonic()
+        gone[ref.key] = (ref.raw, ref.method, now)
+        for handle in ref.handles:
+            gone[handle] = (ref.raw, ref.method, now)
+        while len(gone) > 512:
             gone.pop(next(iter(gone)), None)
+
+    def _just_gone(self, key: int | str) -> tuple[RawStack, str] | None:
+        entry = self._gone.pop(key, None)
+        if entry is None or time.monotonic() - entry[2] > 1.0:
+            return None
+        return entry[0], entry[1]
 
     def _opened_stack(self, obj: Any) -> tuple[list[Frame], str]:
         ref = self._opened.get(id(obj))
         if ref is not None and ref() is obj:
             return format_raw(ref.raw), ref.method
-        entry = self._gone.get(id(obj)) if obj is not None and ref is None else None
+        entry = self._just_gone(id(obj)) if obj is not None and ref is None else None
         if entry is not None:
             return format_raw(entry[0]), entry[1]
         return [], ""
@@ -654,6 +668,12 @@ class UnclosedResourceDetector(EventDetector):
     def _finding(self, kind: str, obj: Any, *, when: str, warned: str = "",
                  stack: list[Frame] | None = None, seen: str = "loop close") -> Finding:
         opened, method = self._opened_stack(obj) if obj is not None else ([], "")
+        if obj is None:  # named only by a warning: by its address, if it was opened here
+            for handle in _HEX.findall(warned):
+                entry = self._just_gone(handle)
+                if entry is not None:
+                    opened, method = format_raw(entry[0]), entry[1]
+                    break
         stacks: dict[str, list[Frame]] = {}
         site: Frame | None = None
         how = ""
