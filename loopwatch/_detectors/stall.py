@@ -213,6 +213,9 @@ class _Stall:
     stacks: dict[Frame | None, list[Frame]] = dataclasses.field(default_factory=dict)
     tasks: dict[Frame | None, TaskRef | None] = dataclasses.field(default_factory=dict)
     idle: dict[Frame | None, bool] = dataclasses.field(default_factory=dict)
+    #: every task seen running during the stall (tasks stepped back to back, with no
+    #: return to the loop's timers in between, make one stall), in order
+    all_tasks: dict[str, TaskRef] = dataclasses.field(default_factory=dict)
     #: the latest sample's site (what the loop is on right now)
     latest: Frame | None = None
     duration: float = 0.0
@@ -496,6 +499,8 @@ class StallDetector(Detector):
         idle = site is None and task is None
         stall.samples[site] += 1
         stall.latest = site
+        if task is not None and task.id not in stall.all_tasks and len(stall.all_tasks) < 100:
+            stall.all_tasks[task.id] = task
         if site not in stall.stacks:
             stall.stacks[site] = frames
             stall.tasks[site] = task
@@ -566,6 +571,10 @@ class StallDetector(Detector):
         else:
             where = ""
         in_task = f", in task {task.id} {task.name!r} ({task.coro})" if task is not None else ""
+        others = [t for t in stall.all_tasks.values() if task is None or t.id != task.id]
+        if others:
+            in_task += (f"{' and' if task is not None else ', in'} {len(others)} more "
+                        f"task{'s' if len(others) > 1 else ''} that ran one after another")
         message = f"{head}{where}{in_task} (stall_after {self.stall_after:g} s)"
         details: dict[str, Any] = {
             "duration": d,
@@ -574,6 +583,8 @@ class StallDetector(Detector):
             "samples": sum(stall.samples.values()),
             "stall_after": self.stall_after,
         }
+        if len(stall.all_tasks) > 1:
+            details["tasks"] = list(stall.all_tasks)
         if len(stall.samples) > 1:
             details["sites"] = [
                 {**(s.to_dict() if s is not None else {"file": None, "line": None,
