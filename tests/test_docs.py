@@ -11,7 +11,7 @@ How examples are written (the conventions this file enforces):
   ``python`` and ``pytest`` are this Python's; each command must exit 0 unless the
   block says otherwise (``exit=N``, for the last command).
 - Directives go in an HTML comment right before a block (invisible on the site),
-  words separated by spaces, ``<!-- docs: WORD WORD -->``:
+  words separated by spaces (shell quoting), ``<!-- docs: WORD WORD -->``:
 
   - ``no-run REASON...``: not run (a fragment, or a command against a live process).
     Rare. A first line ``# docs: no-run`` inside a python block does the same.
@@ -23,8 +23,8 @@ How examples are written (the conventions this file enforces):
   - ``needs=CMD``: run only when the command ``CMD`` is on PATH (``jq``).
   - ``exit=N``: the expected exit status (of the program, or of a console block's
     last command).
-  - ``expect=TEXT``: TEXT (``_`` for spaces) must appear in the output (stdout and
-    stderr together). May be repeated.
+  - ``expect=TEXT``: TEXT must appear in the output (stdout and stderr together);
+    quote it when it has spaces: ``expect="2 passed"``. May be repeated.
   - ``setup`` then code lines up to ``-->``: code run before the block (imports, a
     ``main`` to run), for blocks that show a fragment.
 
@@ -102,10 +102,8 @@ def extract(page: Path) -> list[Block]:
         directive = _DIRECTIVE.match(line)
         if directive:
             body = directive.group("body").strip()
-            if line.rstrip().endswith("-->"):
-                words = body.split()
-            else:  # a setup comment: code lines up to -->
-                words = body.split()
+            words = shlex.split(body)
+            if not line.rstrip().endswith("-->"):  # a setup comment: code lines up to -->
                 i += 1
                 while i < len(lines) and lines[i].strip() != "-->":
                     setup.append(lines[i])
@@ -232,8 +230,7 @@ def test_example_runs(block: Block, outcomes: dict[str, concurrent.futures.Futur
         f"{block.id}: `{outcome.command}` exited with {outcome.status}, expected {expected}\n"
         f"{outcome.output}")
     for text in block.options("expect"):
-        assert text.replace("_", " ") in outcome.output, (
-            f"{block.id}: {text.replace('_', ' ')!r} not in the output:\n{outcome.output}")
+        assert text in outcome.output, f"{block.id}: {text!r} not in the output:\n{outcome.output}"
 
 
 def test_examples_were_found() -> None:
