@@ -231,23 +231,25 @@ def test_the_longest_stalls_are_kept_and_the_rest_counted(monkeypatch: pytest.Mo
 
 
 def test_ticks_are_driven_for_every_detector() -> None:
-    ticks: list[float] = []
-
-    class Recorder(Detector):
-        name = "recorder"
-
-        def tick(self, now: float) -> None:
-            ticks.append(now)
+    ticks: list[tuple[float, str]] = []
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ticked = asyncio.Event()
+
+        class Recorder(Detector):
+            name = "recorder"
+
+            def tick(self, now: float) -> None:
+                ticks.append((now, threading.current_thread().name))
+                loop.call_soon_threadsafe(ticked.set)
+
         w = loopwatch.watcher()
         w.detectors.append(Recorder(w))
-        deadline = time.monotonic() + 5
-        while not ticks and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(ticked.wait(), 5)
 
     loopwatch.run(main(), loop=BASE_LOOP, log=False)
-    assert ticks
+    assert ticks and ticks[0][1] == "loopwatch-watchdog"
 
 
 def test_stall_disabled_keeps_lag_and_ticks() -> None:
