@@ -259,7 +259,7 @@ class _Cases(LoopwatchTestMixin, unittest.IsolatedAsyncioTestCase):
     if BASE_LOOP == "uvloop" and sys.version_info >= (3, 13):
         import uvloop
 
-        loop_factory = uvloop.new_event_loop
+        loop_factory = staticmethod(uvloop.new_event_loop)
 
     async def asyncSetUp(self) -> None:
         self.event = asyncio.Event()
