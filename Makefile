@@ -44,7 +44,7 @@ $(VENV)/.docs-installed: $(VENV)/.installed
 	@touch $@
 
 docs: $(VENV)/.docs-installed
-	$(VENV)/bin/mkdocs build
+	$(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .venvs build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
