@@ -293,7 +293,7 @@ def _run(run_parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     if script == "-":
         raise UsageError("loopwatch run: error: reading the program from stdin is not "
                          "supported; name a script or a module")
-    loop_options: dict[str, Any] = {"log": False}
+    loop_options: dict[str, Any] = {}
     if ns.parked_after is not None:
         loop_options["parked_after"] = ns.parked_after
     if ns.stall_after is not None:
