@@ -208,7 +208,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         dict[str, concurrent.futures.Future[Outcome]]]:
     """Every runnable example, started at once in parallel (each in its own folder)."""
     base = tmp_path_factory.mktemp("docs")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(4, (os.cpu_count() or 2))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2)) as pool:
         futures = {
             b.id: pool.submit(_run, b, base / re.sub(r"\W", "_", b.id))
             for b in BLOCKS if _skip_reason(b) is None
@@ -257,9 +257,10 @@ def _nav_pages() -> list[str]:
 
 
 def test_every_page_is_in_the_navigation() -> None:
-    nav = _nav_pages()
-    assert sorted(nav) == sorted(p.name for p in DOCS.glob("*.md")
-                                 if not p.name.startswith(("findings-", "_"))), nav
+    nav = set(_nav_pages())
+    pages = {p.name for p in DOCS.glob("*.md") if not p.name.startswith(("findings-", "_"))}
+    assert not nav - pages, f"in mkdocs.yml's nav but not in docs/: {sorted(nav - pages)}"
+    assert not pages - nav, f"in docs/ but not in mkdocs.yml's nav: {sorted(pages - nav)}"
 
 
 def _default_text(field: dataclasses.Field[object]) -> str:
