@@ -186,7 +186,7 @@ class LoopwatchMonitor(_aiomonitor.Monitor):  # type: ignore[misc]
         # let start() raise it.
         try:
             _run_plain(self._ui_main_async)
-        except BaseException as exc:  # noqa: BLE001 - reported to start() or logged
+        except BaseException as exc:  # reported to start(), or logged
             if self._ui_started.is_set():
                 log.warning("loopwatch: aiomonitor's UI thread ended with %s: %s",
                             type(exc).__name__, exc)

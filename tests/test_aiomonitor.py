@@ -532,7 +532,7 @@ def test_a_port_taken_during_start_is_an_error_not_a_hang(
         looper: LoopThread, monkeypatch: pytest.MonkeyPatch) -> None:
     """aiomonitor itself waits forever when its web UI cannot bind (it binds in its UI
     thread and start() waits for an event that is never set)."""
-    monkeypatch.setattr(lwa, "_check_port", lambda *args: None)  # lose the race
+    lose_the_race(monkeypatch)
     with busy_port() as sock:
         number = sock.getsockname()[1]
         started = time.monotonic()
@@ -540,6 +540,20 @@ def test_a_port_taken_during_start_is_an_error_not_a_hang(
             lwa.start_monitor(looper.loop, port=0, webui_port=number, console_port=0)
         assert time.monotonic() - started < 10
         assert isinstance(info.value.__cause__, OSError)
+
+
+def lose_the_race(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two port checks before start() pass; the port is taken when aiomonitor binds."""
+    real = lwa._check_port
+    passes = [None, None]
+
+    def check(*args: Any) -> None:
+        if passes:
+            passes.pop()
+            return
+        real(*args)
+
+    monkeypatch.setattr(lwa, "_check_port", check)
 
 
 def test_port_zero_means_a_free_port(monitor: lwa.LoopwatchMonitor) -> None:
