@@ -270,7 +270,10 @@ _WRAPPER_CODES = frozenset(
     value.__code__ for value in vars(_WatchedLoopMixin).values()
     if isinstance(value, types.FunctionType)
 )
-_FROZEN_HEAD = ("<frozen runpy>", "<frozen importlib")
+#: the import machinery, shown at the head of a traceback when a parent package fails
+#: to import (frozen on 3.11+, plain files on 3.10)
+_IMPORT_HEAD = ("<frozen runpy>", "<frozen importlib",
+                os.path.dirname(os.path.abspath(importlib.util.__file__ or "")) + os.sep)
 
 
 def _passthrough(tb: types.TracebackType) -> bool:
@@ -285,7 +288,7 @@ def _trimmed(tb: types.TracebackType | None) -> types.TracebackType | None:
         if not _passthrough(tb):
             kept.append(tb)
         tb = tb.tb_next
-    while kept and kept[0].tb_frame.f_code.co_filename.startswith(_FROZEN_HEAD):
+    while kept and kept[0].tb_frame.f_code.co_filename.startswith(_IMPORT_HEAD):
         kept.pop(0)
     for i, entry in enumerate(kept):
         entry.tb_next = kept[i + 1] if i + 1 < len(kept) else None
