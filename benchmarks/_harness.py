@@ -25,7 +25,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
+
+T = TypeVar("T")
 
 BASES = ("asyncio", "uvloop")
 
@@ -245,13 +247,37 @@ def rotate(names: list[str], rounds: int) -> Iterator[str]:
         yield from names[k:] + names[:k]
 
 
-def alternate(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+class Times(NamedTuple):
+    """Elapsed wall-clock seconds, and CPU seconds of this process (every thread).
+
+    On a busy machine the wall clock also counts the time other processes had the
+    CPU; the process's CPU time does not, so it is the steadier of the two there.
+    It does count loopwatch's own threads (the watchdog, the console), as it should.
+    """
+
+    wall: float
+    cpu: float
+
+    @classmethod
+    def now(cls) -> Times:
+        return cls(time.perf_counter(), time.process_time())
+
+    def since(self) -> Times:
+        return Times(time.perf_counter() - self.wall, time.process_time() - self.cpu)
+
+
+def alternate(variants: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
     """Run each variant once a round, in rotating order; their samples by name."""
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+    samples: dict[str, list[T]] = {name: [] for name in variants}
     for name in rotate(list(variants), rounds):
         gc.collect()
         samples[name].append(variants[name]())
     return samples
+
+
+def column(samples: dict[str, list[Times]], clock: str) -> dict[str, list[float]]:
+    """One clock ("wall" or "cpu") of every sample."""
+    return {name: [getattr(t, clock) for t in ts] for name, ts in samples.items()}
 
 
 def ratios(samples: dict[str, list[float]], num: str, den: str) -> list[float]:

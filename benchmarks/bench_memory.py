@@ -90,7 +90,7 @@ def once(base: str, watched: bool, n: int, levels: int) -> tuple[float, int, str
 
 def run(base: str, cfg: Config) -> list[Figure]:
     n = cfg.n(100_000, minimum=10)
-    rounds = cfg.pick_rounds(2, 1)  # bytes per task vary by a few bytes between rounds
+    rounds = cfg.pick_rounds(1, 1)  # bytes per task vary by a few bytes between rounds
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 2000))
     figures = []
     # The deep site on a quarter of the tasks: per-task bytes do not depend on the count.

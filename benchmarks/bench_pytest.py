@@ -6,9 +6,11 @@ child ``python -m pytest`` process; on uvloop through pytest-asyncio's
 ``pytest_asyncio_loop_factories`` hook. Runs with and without ``--loopwatch`` alternate;
 the figure is the median ratio of their session times as pytest reports them
 ("500 passed in 2.31s": collection and the tests, without the interpreter's start and
-the plugins' imports, which would dilute the ratio); the ratio of wall times is
-given too. The first test writes down whether its loop is watched, so that a
-``--loopwatch`` run that does not watch is not taken for a cheap one.
+the plugins' imports, which would dilute the ratio), and of the CPU time of the same
+span (the suite's conftest reads it at session start and finish: steadier on a busy
+machine); the ratio of whole-process wall times is given too. The first test writes
+down whether its loop is watched, so that a ``--loopwatch`` run that does not watch
+is not taken for a cheap one.
 """
 
 from __future__ import annotations
@@ -36,7 +38,21 @@ asyncio_mode = auto
 asyncio_default_fixture_loop_scope = function
 """
 
-UVLOOP_CONFTEST = """\
+CONFTEST = """\
+import os
+import time
+
+
+def pytest_sessionstart(session):
+    session.config._lw_bench_cpu = time.process_time()
+
+
+def pytest_sessionfinish(session):
+    with open(os.environ["LW_BENCH_CPU"], "w") as f:
+        f.write(repr(time.process_time() - session.config._lw_bench_cpu))
+"""
+
+UVLOOP_CONFTEST = """
 import uvloop
 
 
@@ -80,9 +96,8 @@ async def test_{i}():
 def make_suite(root: str, tests: int, base: str) -> None:
     with open(os.path.join(root, "pytest.ini"), "w") as f:
         f.write(INI)
-    if base == "uvloop":
-        with open(os.path.join(root, "conftest.py"), "w") as f:
-            f.write(UVLOOP_CONFTEST)
+    with open(os.path.join(root, "conftest.py"), "w") as f:
+        f.write(CONFTEST + (UVLOOP_CONFTEST if base == "uvloop" else ""))
     with open(os.path.join(root, "test_0_probe.py"), "w") as f:
         f.write(FIRST_TEST)
     made = 1
@@ -98,19 +113,22 @@ def make_suite(root: str, tests: int, base: str) -> None:
 class Run:
     """One run of the suite."""
 
-    def __init__(self, wall: float, summary: str, code: int) -> None:
+    def __init__(self, wall: float, summary: str, code: int, cpu: float) -> None:
         self.wall = wall
         self.summary = summary
         self.code = code
         found = re.search(r" in ([0-9.]+)s", summary)
         #: pytest's own session time: collection and the tests, no interpreter start
         self.session = float(found.group(1)) if found else math.nan
+        #: the CPU time of the same span, from the suite's conftest
+        self.cpu = cpu
 
 
 def pytest_run(root: str, loopwatch: bool, probe: str) -> Run:
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "LOOPWATCH_TEST_LOOP")}
     env["LW_BENCH_PROBE"] = probe
+    cpu_file = env["LW_BENCH_CPU"] = os.path.join(root, "cpu.txt")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
            os.path.join(root, "pytest.ini"), "--rootdir", root, root]
     if loopwatch:
@@ -122,7 +140,13 @@ def pytest_run(root: str, loopwatch: bool, probe: str) -> Run:
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     summary = next((ln for ln in reversed(lines) if re.search(r"\d+ (passed|failed|error)", ln)),
                    lines[-1] if lines else "no output")
-    return Run(wall, summary.strip("= "), proc.returncode)
+    try:
+        with open(cpu_file) as f:
+            cpu = float(f.read())
+        os.unlink(cpu_file)
+    except (OSError, ValueError):
+        cpu = math.nan
+    return Run(wall, summary.strip("= "), proc.returncode, cpu)
 
 
 def probe_of(path: str) -> str:
@@ -167,12 +191,17 @@ def run(base: str, cfg: Config) -> list[Figure]:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     session = {k: [r.session for r in v] for k, v in runs.items()}
+    cpu = {k: [r.cpu for r in v] for k, v in runs.items()}
     wall = {k: [r.wall for r in v] for k, v in runs.items()}
     return [
         Figure(NAME, base, name, median(ratios(session, "loopwatch", "plain")), "x", TARGET,
                samples=ratios(session, "loopwatch", "plain"),
                details={"plain_s": spread(session["plain"]),
                         "loopwatch_s": spread(session["loopwatch"]), "loop": seen}),
+        Figure(NAME, base, f"--loopwatch / plain session CPU time, {tests} tests",
+               median(ratios(cpu, "loopwatch", "plain")), "x", TARGET,
+               samples=ratios(cpu, "loopwatch", "plain"),
+               details={"plain_s": spread(cpu["plain"]), "loopwatch_s": spread(cpu["loopwatch"])}),
         Figure(NAME, base, "--loopwatch / plain wall time (with interpreter start)",
                median(ratios(wall, "loopwatch", "plain")), "x",
                samples=ratios(wall, "loopwatch", "plain"),

@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from _harness import (
@@ -94,88 +95,76 @@ def ps_json(path: str, timeout: float = 60.0) -> tuple[float, int]:
     return elapsed, len(rows) if isinstance(rows, list) else -1
 
 
-def scans(base: str, n: int, rounds: int, **options: Any) -> tuple[str, list[float], int]:
-    """Parked scans over ``n`` parked tasks: what was run, seconds each, findings made."""
-    import loopwatch
+async def scan_times(scan: Callable[[], Any], rounds: int) -> tuple[list[float], list[float]]:
+    """Wall seconds of each scan, and the loop thread's CPU seconds of each."""
+    wall, cpu = [], []
+    for _ in range(rounds):
+        c0 = time.thread_time()
+        wall.append(timed(scan))
+        cpu.append(time.thread_time() - c0)
+        await asyncio.sleep(0.01)
+    return wall, cpu
 
-    loop = watched_loop(base, **options)
+
+async def ps_times(loop: asyncio.AbstractEventLoop, path: str,
+                   rounds: int) -> tuple[list[float], list[int], str]:
+    """``ps`` requests from another thread while the loop runs: seconds, tasks listed,
+    and the error that stopped them (or "")."""
+    took_all: list[float] = []
+    listed: list[int] = []
+    for i in range(rounds):
+        if i == 2 and min(took_all) > 3.0:
+            break  # slow enough that a third one says nothing new
+        try:
+            took, count = await loop.run_in_executor(None, ps_json, path)
+        except Exception as exc:
+            return took_all, listed, f"{type(exc).__name__}: {exc}"
+        took_all.append(took)
+        listed.append(count)
+        await asyncio.sleep(max(0.2, took))  # the console's cool-down
+    return took_all, listed, ""
+
+
+def console_loop(base: str, path: str) -> tuple[asyncio.AbstractEventLoop, str]:
+    """A watched loop with a console at ``path``, or without one and the reason."""
+    missing = module_missing("loopwatch.console")
+    if missing:
+        return watched_loop(base), f"the console has not landed ({missing})"
     try:
-        watcher = loopwatch.watcher(loop)
-        what, scan = parked_scan(watcher)
-
-        async def main() -> list[float]:
-            event, tasks = await park(n)
-            if options.get("parked_after"):
-                await asyncio.sleep(2 * options["parked_after"])
-            times = []
-            for _ in range(rounds):
-                times.append(timed(scan))
-                await asyncio.sleep(0.01)
-            await release(event, tasks)
-            return times
-
-        times = loop.run_until_complete(main())
-        return what, times, len(watcher.findings())
-    finally:
-        close_loop(loop)
+        return watched_loop(base, console=f"unix:{path}"), ""
+    except Exception as exc:
+        return watched_loop(base), (f"a loop with a console cannot be made: "
+                                    f"{type(exc).__name__}: {exc}")
 
 
 def run(base: str, cfg: Config) -> list[Figure]:
+    import loopwatch
+
     n = cfg.n(100_000, minimum=10)
     rounds = cfg.pick_rounds(5, 3)
     figures: list[Figure] = []
+    tmp = tempfile.mkdtemp(prefix="lw-bench-")
+    path = os.path.join(tmp, "console.sock")
 
     with quiet_loopwatch():
-        what, times, _ = scans(base, n, rounds)
-        figures.append(Figure(NAME, base, f"parked scan of {n:,} tasks (median)", median(times),
-                              "s", SCAN_TARGET, samples=times,
-                              note=f"{what}; worst of {rounds}: {max(times):.3f} s",
-                              details={"scan": what}))
-        what, times, found = scans(base, n, rounds, parked_after=0.05)
-        figures.append(Figure(NAME, base, f"parked scan, all {n:,} past parked_after (median)",
-                              median(times), "s", SCAN_TARGET, samples=times,
-                              note=f"{what}; worst of {rounds}: {max(times):.3f} s; "
-                                   f"{found} findings",
-                              details={"scan": what, "findings": found}))
-
-        tmp = tempfile.mkdtemp(prefix="lw-bench-")
-        path = os.path.join(tmp, "console.sock")
-        console_note = module_missing("loopwatch.console")
-        if console_note:
-            console_note = f"the console has not landed ({console_note})"
+        # Default options, with an idle console: scans, then tasks(), then ps.
+        loop, console_note = console_loop(base, path)
         try:
-            loop = watched_loop(base, console=f"unix:{path}") if not console_note else \
-                watched_loop(base)
-        except Exception as exc:
-            console_note = f"a loop with a console cannot be made: {type(exc).__name__}: {exc}"
-            loop = watched_loop(base)
-        try:
-            import loopwatch
-
             watcher = loopwatch.watcher(loop)
+            what, scan = parked_scan(watcher)
 
-            async def main() -> tuple[float, list[float], list[int], str]:
+            async def main() -> tuple[tuple[list[float], list[float]], float,
+                                      tuple[list[float], list[int], str]]:
                 event, tasks = await park(n)
+                scanned = await scan_times(scan, rounds)
                 tasks_time = timed(watcher.tasks)
-                ps_times: list[float] = []
-                listed: list[int] = []
-                error = ""
-                if not console_note:
-                    for i in range(cfg.pick_rounds(3, 1)):
-                        if i == 2 and min(ps_times) > 3.0:
-                            break  # slow enough that a third one says nothing new
-                        try:
-                            took, count = await loop.run_in_executor(None, ps_json, path)
-                        except Exception as exc:
-                            error = f"{type(exc).__name__}: {exc}"
-                            break
-                        ps_times.append(took)
-                        listed.append(count)
-                        await asyncio.sleep(max(0.2, took))  # the console's cool-down
+                ps = ([], [], console_note) if console_note else \
+                    await ps_times(loop, path, cfg.pick_rounds(3, 1))
                 await release(event, tasks)
-                return tasks_time, ps_times, listed, error
+                return scanned, tasks_time, ps
 
-            tasks_time, ps_times, listed, error = loop.run_until_complete(main())
+            (times, cpu), tasks_time, (ps_took, listed, ps_error) = \
+                loop.run_until_complete(main())
         finally:
             close_loop(loop)
             try:
@@ -183,18 +172,46 @@ def run(base: str, cfg: Config) -> list[Figure]:
             except OSError:
                 pass
             os.rmdir(tmp)
+        figures.append(Figure(NAME, base, f"parked scan of {n:,} tasks (median)", median(times),
+                              "s", SCAN_TARGET, samples=times,
+                              note=f"{what}; worst of {rounds}: {max(times):.3f} s; "
+                                   f"CPU {median(cpu):.3f} s",
+                              details={"scan": what, "cpu_s": cpu}))
+
+        # Every task past parked_after: the scan reads await chains and makes findings.
+        loop = watched_loop(base, parked_after=0.05)
+        try:
+            watcher = loopwatch.watcher(loop)
+            what, scan = parked_scan(watcher)
+
+            async def parked_long() -> tuple[list[float], list[float]]:
+                event, tasks = await park(n)
+                await asyncio.sleep(0.1)
+                scanned = await scan_times(scan, rounds)
+                await release(event, tasks)
+                return scanned
+
+            times, cpu = loop.run_until_complete(parked_long())
+            found = len(watcher.findings())
+        finally:
+            close_loop(loop)
+        figures.append(Figure(NAME, base, f"parked scan, all {n:,} past parked_after (median)",
+                              median(times), "s", SCAN_TARGET, samples=times,
+                              note=f"{what}; worst of {rounds}: {max(times):.3f} s; "
+                                   f"CPU {median(cpu):.3f} s; {found} findings",
+                              details={"scan": what, "findings": found, "cpu_s": cpu}))
 
     figures.append(Figure(NAME, base, f"Watcher.tasks() over {n:,} tasks", tasks_time, "s"))
     name = f"ps --json over the console, {n:,} tasks (median)"
-    if console_note or error:
-        figures.append(not_available(NAME, base, name, "s", console_note or error, PS_TARGET))
+    if ps_error:
+        figures.append(not_available(NAME, base, name, "s", ps_error, PS_TARGET))
     else:
         short = [c for c in listed if c < n]  # n parked tasks and the main one
-        note = f"worst of {len(ps_times)}: {max(ps_times):.3f} s"
+        note = f"worst of {len(ps_took)}: {max(ps_took):.3f} s"
         if short:
             note += f"; listed {short[0]:,} tasks, not {n:,}"
-        figures.append(Figure(NAME, base, name, median(ps_times), "s", PS_TARGET,
-                              samples=ps_times, note=note, details={"listed": listed}))
+        figures.append(Figure(NAME, base, name, median(ps_took), "s", PS_TARGET,
+                              samples=ps_took, note=note, details={"listed": listed}))
 
     # For scale: the least any reader of every task has to do.
     loop = bare_loop(base)

@@ -1,11 +1,12 @@
 """spawn: create and finish 100,000 trivial tasks (100 batches of 1000 create_task + gather).
 
 Variants, each on a fresh loop, timed inside the loop (loop creation and closing are
-not counted):
+not counted) by the wall clock and by the process's CPU time (every thread's, so the
+watchdog's too):
 - bare: the base loop;
 - watched: ``loopwatch.loop_factory(base)()`` at default options (creation stacks of
   up to 8 frames recorded for every task);
-- for comparison, on a smaller batch count: aiomonitor 0.7's traced task factory
+- for comparison, on a tenth of the tasks: aiomonitor 0.7's traced task factory
   (``Monitor(loop, hook_task_factory=True)``, its servers on free loopback ports) and
   the loop's debug mode (``loop.set_debug(True)``; uvloop has one too: coroutine origin
   tracking, handle creation tracebacks and slow-callback warnings, like asyncio's).
@@ -15,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 from _harness import (
     Config,
     Figure,
+    Times,
     alternate,
     bare_loop,
+    column,
     median,
     module_missing,
     not_available,
@@ -49,22 +51,22 @@ async def spawn_batch(size: int) -> None:
     await asyncio.gather(*[create_task(trivial()) for _ in range(size)])
 
 
-async def spawn(batches: int, size: int) -> float:
-    start = time.perf_counter()
+async def spawn(batches: int, size: int) -> Times:
+    start = Times.now()
     for _ in range(batches):
         await spawn_batch(size)
-    return time.perf_counter() - start
+    return start.since()
 
 
 def timed(make: Callable[[], asyncio.AbstractEventLoop], batches: int, size: int,
-          setup: Callable[[asyncio.AbstractEventLoop], Any] | None = None) -> float:
-    """Seconds to spawn and finish ``batches * size`` tasks on a new loop from ``make``."""
+          setup: Callable[[asyncio.AbstractEventLoop], Any] | None = None) -> Times:
+    """Time to spawn and finish ``batches * size`` tasks on a new loop from ``make``."""
     loop = make()
     extra = None
     try:
         if setup is not None:
             extra = setup(loop)
-        elapsed: float = loop.run_until_complete(spawn(batches, size))
+        elapsed: Times = loop.run_until_complete(spawn(batches, size))
         return elapsed
     finally:
         if extra is not None:
@@ -115,21 +117,22 @@ def run(base: str, cfg: Config) -> list[Figure]:
         "bare": lambda: timed(lambda: bare_loop(base), batches, size),
         "watched": lambda: timed(lambda: watched_loop(base), batches, size),
     }, rounds)
-    r = ratios(samples, "watched", "bare")
-    figures = [
-        Figure(NAME, base, f"watched / bare time, {tasks:,} tasks", median(r), "x", TARGET,
-               samples=r, details={"bare_s": spread(samples["bare"]),
-                                   "watched_s": spread(samples["watched"]),
-                                   "rounds": rounds, "tasks": tasks}),
-        Figure(NAME, base, "bare loop, per task", median(samples["bare"]) / tasks * 1e6,
-               "µs/task"),
-    ]
+    wall, cpu = column(samples, "wall"), column(samples, "cpu")
+    figures = []
+    for clock, by in (("wall", wall), ("CPU", cpu)):
+        r = ratios(by, "watched", "bare")
+        figures.append(Figure(
+            NAME, base, f"watched / bare {clock} time, {tasks:,} tasks", median(r), "x", TARGET,
+            samples=r, details={"bare_s": spread(by["bare"]), "watched_s": spread(by["watched"]),
+                                "rounds": rounds, "tasks": tasks}))
+    figures.append(Figure(NAME, base, "bare loop, per task", median(wall["bare"]) / tasks * 1e6,
+                          "µs/task"))
 
-    # The comparisons cost 12-25x as much: they run on a fifth of the tasks.
-    small = max(1, batches // 5)
+    # The comparisons cost 12-25x as much: they run on a tenth of the tasks.
+    small = max(1, batches // 10)
     small_tasks = small * size
     cmp_rounds = cfg.pick_rounds(3, 1)
-    variants: dict[str, Callable[[], float]] = {
+    variants: dict[str, Callable[[], Times]] = {
         "bare": lambda: timed(lambda: bare_loop(base), small, size),
     }
     aiomonitor_note = aiomonitor_problem(base)
@@ -138,9 +141,9 @@ def run(base: str, cfg: Config) -> list[Figure]:
                                                start_aiomonitor)
     variants["debug"] = lambda: timed(lambda: debug_loop(base), small, size)
     with quiet_asyncio():
-        cmp = alternate(variants, cmp_rounds)
+        cmp = column(alternate(variants, cmp_rounds), "wall")
 
-    name = f"aiomonitor traced factory / bare time, {small_tasks:,} tasks"
+    name = f"aiomonitor traced factory / bare wall time, {small_tasks:,} tasks"
     if "aiomonitor" in cmp:
         r = ratios(cmp, "aiomonitor", "bare")
         figures.append(Figure(NAME, base, name, median(r), "x", samples=r,
@@ -148,7 +151,7 @@ def run(base: str, cfg: Config) -> list[Figure]:
     else:
         figures.append(not_available(NAME, base, name, "x", aiomonitor_note or ""))
     r = ratios(cmp, "debug", "bare")
-    figures.append(Figure(NAME, base, f"debug mode / bare time, {small_tasks:,} tasks",
+    figures.append(Figure(NAME, base, f"debug mode / bare wall time, {small_tasks:,} tasks",
                           median(r), "x", samples=r,
                           note="for comparison: 14-24x expected on asyncio"))
     return figures

@@ -27,7 +27,7 @@ RUN = ROOT / "benchmarks" / "run.py"
 
 #: every benchmark, and the start of the name of the figure it exists for
 HEADLINE = {
-    "spawn": "watched / bare time",
+    "spawn": "watched / bare wall time",
     "memory": "watched - bare",
     "echo": "watched / bare throughput",
     "stall": "0.2 s blocks caught with the blocking line",
