@@ -183,7 +183,7 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
     timeout: float | None = None
     waits: tuple[int, ...] = ()
     known_frame: FrameType | None = None
-    wait_for_task: asyncio.Task[Any] | None = None
+    wait_for_inner: asyncio.Future[Any] | None = None
     for live, _ in reversed(chain):  # innermost first
         kind = _kind_of(live)
         if kind is None:
@@ -193,8 +193,8 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
             # 3.10 and 3.11: wait_for awaits a plain future that the awaited task
             # releases; the task itself is its local ``fut``.
             inner = _local(live, "fut")
-            if not what and isinstance(inner, asyncio.Task) and not inner.done():
-                wait_for_task = inner
+            if not what and isinstance(inner, asyncio.Future) and not inner.done():
+                wait_for_inner = inner
             continue
         if not what:
             what = kind
@@ -202,6 +202,10 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
     if waiter is not None:
         from ._records import task_id
 
+        if wait_for_inner is not None and waiter is not wait_for_inner and (
+                isinstance(wait_for_inner, asyncio.Task)
+                or type(wait_for_inner).__name__ == "_GatheringFuture"):
+            waiter = wait_for_inner  # what the wait_for is waiting for
         if isinstance(waiter, asyncio.Task):
             if not what or what in ("wait_for",):
                 what = "task"
@@ -213,10 +217,6 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
                           and not c.done())
             what = "gather"
             detail = ", ".join(f"T{n}" for n in waits) or "done children"
-        elif not what and wait_for_task is not None:
-            what = "task"
-            waits = (task_id(wait_for_task),)
-            detail = f"T{waits[0]}"
         elif not what:
             what = "executor job" if _is_executor_future(waiter) else "future"
             if what == "future":

@@ -28,11 +28,11 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._awaits import Awaiting, describe, find_cycles
-from .._frames import Frame, format_raw, pick_site
+from .._frames import Frame, format_raw, is_library, pick_site
 from .._records import task_id
 from .._report import Finding, TaskRef
 from . import Detector
@@ -40,7 +40,7 @@ from . import Detector
 if TYPE_CHECKING:
     from .._watcher import Watcher
 
-__all__ = ["ParkedDetector", "hint_for", "live_tasks"]
+__all__ = ["ParkedDetector", "await_site", "hint_for", "live_tasks"]
 
 _monotonic = time.monotonic
 
@@ -52,6 +52,10 @@ DESCRIBE_PER_SCAN = 256
 DESCRIBE_FINAL = 4096
 #: a finding is rewritten when the wait grew by this factor since it was last written
 GROWTH = 1.25
+#: up to this many tasks waiting on plain futures, each scan looks whether they are in
+#: asyncio.wait (a cycle through it is then found at once); above it, only the tasks
+#: that waited longer than parked_after are looked at
+FRAME_EDGES_UP_TO = 2000
 
 #: waits that are the point of the task: never parked
 BY_DESIGN = frozenset({"sleep", "sleep_forever", "Server.serve_forever"})
@@ -88,6 +92,18 @@ CYCLE_HINT = ("each of these tasks waits for the next one and the last waits for
               "can ever finish. Break the cycle (one of them must not wait for the others, or "
               "must use a timeout). Do not cancel them to clean up: CPython's Task.cancel() "
               "recurses around a cycle until RecursionError")
+
+
+def await_site(frames: Sequence[Frame], created: Sequence[Frame] = ()) -> Frame | None:
+    """The user's await line in an await chain. A chain that is all plumbing (a task
+    running ``Event.wait()`` itself, as ``wait_for`` makes on 3.10 and 3.11) points at
+    the line that created the task instead."""
+    for frame in reversed(frames):
+        if not is_library(frame.file):
+            return frame
+    if created:
+        return pick_site(created)
+    return frames[-1] if frames else None
 
 
 def hint_for(what: str) -> str:
@@ -165,6 +181,30 @@ def _innermost_code(task: asyncio.Future[Any]) -> Any:
     return code
 
 
+def _compiled_await(task: asyncio.Future[Any]) -> str:
+    """The qualified name of a compiled coroutine at the end of the await chain (uvloop's
+    ``Server.serve_forever`` is Cython: no frame, so ``describe`` calls it a future)."""
+    import gc
+
+    get_coro = getattr(task, "get_coro", None)
+    obj = get_coro() if get_coro is not None else None
+    for _ in range(200):
+        nxt = getattr(obj, "cr_await", None) if hasattr(obj, "cr_frame") else None
+        if nxt is None:
+            break
+        obj = nxt
+    if obj is None or hasattr(obj, "cr_frame") or hasattr(obj, "gi_frame"):
+        return ""
+    name = getattr(obj, "__qualname__", None)
+    if isinstance(name, str):
+        return name
+    for inner in gc.get_referents(obj):  # a coroutine_wrapper holds its coroutine
+        name = getattr(inner, "__qualname__", None)
+        if isinstance(name, str):
+            return name
+    return ""
+
+
 class _Picture:
     """One pass over the live tasks: who waits for whom, and who waited long."""
 
@@ -205,7 +245,7 @@ def live_tasks(watcher: Watcher) -> list[asyncio.Future[Any]]:
             continue
     else:
         return watcher.live_tasks()
-    out = []
+    out: list[asyncio.Future[Any]] = []
     append = out.append
     for ref in refs:
         t = ref()
@@ -248,7 +288,9 @@ def _picture(tasks: list[asyncio.Future[Any]], now: float, cutoff: float,
             except AttributeError:
                 continue  # a task type that takes no attributes: its clock is unknown
             since = now
-        kind = _classify(waiter, cache)
+        kind = cache.get(type(waiter))
+        if kind is None:
+            kind = _classify(waiter, cache)
         if kind:
             tid = task_id(t)
             if kind == 1:
@@ -304,6 +346,8 @@ class ParkedDetector(Detector):
         #: long waits that are not parked (sleep, waiting for tasks) -> the tasks they wait
         #: for when only the frames tell (asyncio.wait, wait_for on 3.10 and 3.11)
         self._skip: dict[tuple[int, float], tuple[int, ...]] = {}
+        #: (task id, since) -> tasks waited for, of tasks on plain futures (see _frame_edges)
+        self._frame_cache: dict[tuple[int, float], tuple[int, ...]] = {}
         #: cycles seen by the last scan, and those reported
         self._cycles_seen: set[tuple[int, ...]] = set()
         self._cycles_reported: set[tuple[int, ...]] = set()
@@ -336,9 +380,16 @@ class ParkedDetector(Detector):
         now = _monotonic()
         found: list[Finding] = []
         with self._lock:
-            pic = _picture(live_tasks(w), now, now - self.parked_after, self._types)
+            pic = _picture(live_tasks(w), now, now - self.parked_after, self._types,
+                           others=True)
             records: dict[tuple[int, float], _Parked] = {}
             extra = self._examine(pic, now, DESCRIBE_FINAL, records, {}, count=False)
+            for t in pic.others:
+                if _innermost_code(t) in _WAIT_CODES:
+                    waits = describe(t, w.loop).waits_on
+                    if waits:
+                        extra[task_id(t)] = waits
+                        pic.by_id[task_id(t)] = t
             edges = {**pic.edges, **extra}
             if self.report_parked and records:
                 rev = _reverse(edges)
@@ -372,13 +423,13 @@ class ParkedDetector(Detector):
             started = _monotonic()
             tasks = live_tasks(w)
             count = len(tasks)
-            pic = _picture(tasks, now, now - self.parked_after, self._types, others=final)
+            pic = _picture(tasks, now, now - self.parked_after, self._types, others=True)
             del tasks
             records: dict[tuple[int, float], _Parked] = {}
             skip: dict[tuple[int, float], tuple[int, ...]] = {}
             extra = self._examine(pic, now, DESCRIBE_FINAL if final else DESCRIBE_PER_SCAN,
                                   records, skip, count=True)
-            if final:
+            if final or len(pic.others) <= FRAME_EDGES_UP_TO:
                 extra.update(self._frame_edges(pic))
             edges = {**pic.edges, **extra}
             if self.report_parked:
@@ -443,7 +494,8 @@ class ParkedDetector(Detector):
                 continue
             budget -= 1
             awaiting = describe(t, loop)
-            if awaiting.sleeping or awaiting.what in BY_DESIGN:
+            if awaiting.sleeping or awaiting.what in BY_DESIGN or (
+                    awaiting.what == "future" and _compiled_await(t) in BY_DESIGN):
                 skip[key] = ()
             elif awaiting.on_tasks:
                 skip[key] = awaiting.waits_on
@@ -455,16 +507,24 @@ class ParkedDetector(Detector):
         return extra
 
     def _frame_edges(self, pic: _Picture) -> dict[int, tuple[int, ...]]:
-        """Edges of tasks in asyncio.wait (or 3.10/3.11 wait_for) whatever their age."""
+        """Edges of tasks in asyncio.wait (or 3.10/3.11 wait_for) whatever their age;
+        each wait is read once."""
         extra: dict[int, tuple[int, ...]] = {}
+        cache: dict[tuple[int, float], tuple[int, ...]] = {}
         loop = self.watcher.loop
         for t in pic.others:
-            if _innermost_code(t) in _WAIT_CODES:
-                awaiting = describe(t, loop)
-                if awaiting.waits_on:
-                    tid = task_id(t)
-                    extra[tid] = awaiting.waits_on
-                    pic.by_id[tid] = t
+            tid = task_id(t)
+            key = (tid, float(getattr(t, "_lw_since", 0.0)))
+            waits = self._frame_cache.get(key)
+            if waits is None:
+                waits = ()
+                if _innermost_code(t) in _WAIT_CODES:
+                    waits = describe(t, loop).waits_on
+            cache[key] = waits
+            if waits:
+                extra[tid] = waits
+                pic.by_id[tid] = t
+        self._frame_cache = cache
         return extra
 
     @staticmethod
@@ -507,7 +567,7 @@ class ParkedDetector(Detector):
 
     def _finding(self, rec: _Parked, parked_for: float, *, ended: bool) -> Finding:
         aw = rec.awaiting
-        site = pick_site(aw.frames) if aw.frames else None
+        site = await_site(aw.frames, rec.created)
         ref = rec.ref
         what = aw.what + (f" ({aw.detail})" if aw.detail else "")
         where = f" at {site.file}:{site.line}" if site is not None else ""
@@ -540,11 +600,10 @@ class ParkedDetector(Detector):
         return Finding(kind="parked", message=message, site=site, task=ref, stacks=stacks,
                        hint=hint_for(aw.what), details=details, key=("parked", *rec.key))
 
-    @staticmethod
-    def _outcome(rec: _Parked) -> str:
+    def _outcome(self, rec: _Parked) -> str:
         task = rec.task()
         if task is None:
-            return "then it was dropped"
+            return self._outcome_from_history(rec.key[0])
         try:
             if not task.done():
                 return "then it moved on"
@@ -553,6 +612,19 @@ class ParkedDetector(Detector):
             return "then it finished"
         finally:
             del task
+
+    def _outcome_from_history(self, tid: int) -> str:
+        """How a task that is gone ended, from the watcher's bounded history."""
+        from .._records import finished_from_raw
+
+        for raw in reversed(list(self.watcher.history)):
+            if raw and raw[0] == tid:
+                outcome = finished_from_raw(raw).outcome
+                return {"cancelled": "until it was cancelled",
+                        "exception": "then it failed",
+                        "destroyed": "until it was garbage-collected while pending"}.get(
+                            outcome, "then it finished")
+        return "then it stopped waiting"
 
     def _cycle_finding(self, cycle: tuple[int, ...],
                        by_id: dict[int, asyncio.Future[Any]]) -> Finding | None:
@@ -571,7 +643,7 @@ class ParkedDetector(Detector):
             aw = describe(t, loop)
             refs.append(task_ref(t))
             chains.append(aw.frames)
-            sites.append(pick_site(aw.frames) if aw.frames else None)
+            sites.append(await_site(aw.frames))
             whats.append(aw.what)
         del tasks
         parts = []
