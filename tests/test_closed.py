@@ -347,3 +347,28 @@ def test_many_timers_that_ran_or_were_cancelled_are_forgotten() -> None:
     (finding,) = of_kind(w, "dropped_callback")
     assert_site(finding, "churn", "survivor")
     assert finding.details["count"] == 1
+
+
+def test_attached_to_a_running_loop() -> None:
+    """loopwatch.attach() on a plain loop that is already running: timers made after it
+    attached, and calls after close, are seen the same way."""
+    if BASE_LOOP == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+
+    async def main() -> loopwatch.Watcher:
+        w = loopwatch.attach(log=False)
+        asyncio.get_running_loop().call_later(30, nothing)  # L:attached-timer
+        return w
+
+    w = loop.run_until_complete(main())
+    loop.close()
+    with pytest.raises(RuntimeError):
+        loop.call_soon(nothing)  # L:attached-late
+    (dropped,) = of_kind(w, "dropped_callback")
+    assert_site(dropped, "main", "attached-timer")
+    (late,) = of_kind(w, "post_close_call")
+    assert_site(late, "test_attached_to_a_running_loop", "attached-late")
