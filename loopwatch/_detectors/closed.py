@@ -461,7 +461,10 @@ class DroppedCallbackDetector(EventDetector):
 
         def schedule_timer(when: Any, callback: Any, *args: Any, context: Any = None) -> Any:
             handle = original(when, callback, *args, context=context)
-            frame = getframe(1)
+            try:
+                frame = getframe(1)
+            except ValueError:  # called from C with no Python frame above
+                return handle
             code = frame.f_code
             how = method
             if code is _CALL_LATER and frame.f_back is not None:
@@ -469,10 +472,12 @@ class DroppedCallbackDetector(EventDetector):
                 code = frame.f_code
                 how = "call_later"
             user = user_codes.get(id(code))
-            if user is None:
-                user = is_user_code(code)
-            if user and self.enabled:
+            if user is not False:  # user code, or not known yet
                 try:
+                    if user is None and not is_user_code(code):
+                        return handle
+                    if not self.enabled:
+                        return handle
                     if asyncio_like:
                         sites[id(handle)] = ((code, frame.f_lasti, how), handle.when())
                         if len(sites) >= self._prune_at:

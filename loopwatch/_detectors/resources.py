@@ -577,11 +577,15 @@ class UnclosedResourceDetector(EventDetector):
         def open_and_note(*args: Any, **kwargs: Any) -> Any:
             if not self.enabled:
                 return original(*args, **kwargs)
-            raw = raw_from(getframe(1), max(self.watcher.options.stack_depth, 1))
-            coro: Any = self._opening(method, original, args, kwargs, raw)
-            # A coroutine dropped without await must still be named after the method.
-            coro.__name__ = getattr(original, "__name__", method)
-            coro.__qualname__ = getattr(original, "__qualname__", method)
+            try:
+                raw = raw_from(getframe(1), max(self.watcher.options.stack_depth, 1))
+                coro: Any = self._opening(method, original, args, kwargs, raw)
+                # A coroutine dropped without await must still be named after the method.
+                coro.__name__ = getattr(original, "__name__", method)
+                coro.__qualname__ = getattr(original, "__qualname__", method)
+            except Exception as exc:
+                self.failed(exc)
+                return original(*args, **kwargs)
             return coro
 
         open_and_note.__wrapped__ = original  # type: ignore[attr-defined]
