@@ -109,8 +109,7 @@ def test_parked_on_event_queue_and_lock_at_the_await_line() -> None:
         assert f.details["resumed"] is True  # it resumed, and kept its finding
         assert f.stacks["await"][0].function.endswith(func.__name__)
         created = f.stacks["created"][-1]
-        assert (created.file, created.function) == (__file__, "test_parked_on_event_queue_"
-                                                    "and_lock_at_the_await_line.<locals>.main")
+        assert created.file == __file__ and created.function.endswith("main")
         assert f.hint
     assert found["on-event"].stacks["created"][-1].line == line_of(
         test_parked_on_event_queue_and_lock_at_the_await_line, "# CREATED")
