@@ -184,6 +184,28 @@ def test_the_scan_reads_await_chains_only_over_the_threshold(monkeypatch: pytest
     loopwatch.run(main(), loop=BASE_LOOP, log=False)
 
 
+def test_parked_findings_stop_at_a_cap_and_the_rest_are_counted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parked_module, "MAX_FINDINGS", 3)
+
+    async def main() -> None:
+        w = loopwatch.watcher()
+        d = quiet(detector(w))
+        ev = asyncio.Event()
+        tasks = [asyncio.create_task(on_event(ev)) for _ in range(5)]
+        await asyncio.sleep(0)
+        now = time.monotonic()
+        d.scan(now)
+        d.scan(now + FUTURE)
+        d.scan(now + FUTURE + 1)
+        assert len(of_kind(w, "parked")) == 3
+        assert any("up to 2 more tasks were parked at once" in n for n in w.all_notes())
+        ev.set()
+        await asyncio.gather(*tasks)
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
 def test_the_scan_scales_linearly() -> None:
     """100,000 live tasks must scan fast (SPEC section 8, measured by the benchmarks);
     here only the shape is checked: 16 times the tasks take about 16 times as long (up to

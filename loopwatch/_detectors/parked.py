@@ -351,7 +351,8 @@ class ParkedDetector(Detector):
         #: cycles seen by the last scan, and those reported
         self._cycles_seen: set[tuple[int, ...]] = set()
         self._cycles_reported: set[tuple[int, ...]] = set()
-        #: parked findings made, and parked waits not listed once MAX_FINDINGS were
+        #: parked findings made, and the most parked waits at once that were not listed
+        #: (once MAX_FINDINGS were)
         self.listed = 0
         self.unlisted = 0
         #: the last scan: (tasks read, seconds it took)
@@ -409,8 +410,8 @@ class ParkedDetector(Detector):
 
     def notes(self) -> list[str]:
         if self.unlisted:
-            return [f"{self.unlisted} more parked waits are not listed (the first "
-                    f"{MAX_FINDINGS} are)"]
+            return [f"up to {self.unlisted} more tasks were parked at once than are listed "
+                    f"(parked findings stop at {MAX_FINDINGS})"]
         return []
 
     # -- the scan ----------------------------------------------------------------------
@@ -469,6 +470,7 @@ class ParkedDetector(Detector):
         waits-on edges that only the frames show. Reads an await chain once per wait."""
         extra: dict[int, tuple[int, ...]] = {}
         loop = self.watcher.loop
+        unlisted = 0
         for t in pic.over:
             tid = task_id(t)
             key = (tid, float(getattr(t, "_lw_since", 0.0)))
@@ -484,13 +486,10 @@ class ParkedDetector(Detector):
                     extra[tid] = known
                     pic.by_id[tid] = t
                 continue
-            if budget <= 0:
-                continue
             if count and self.listed >= MAX_FINDINGS and self.report_parked:
-                # A full list: do not even read the chain, unless it may be on a cycle.
-                if key not in skip:
-                    self.unlisted += 1
-                skip[key] = ()
+                unlisted += 1  # a full list: read no chain and keep nothing
+                continue
+            if budget <= 0:
                 continue
             budget -= 1
             awaiting = describe(t, loop)
@@ -504,6 +503,8 @@ class ParkedDetector(Detector):
                     pic.by_id[tid] = t
             else:
                 records[key] = _Parked(key, t, key[1], awaiting, now)
+        if count:
+            self.unlisted = max(self.unlisted, unlisted)
         return extra
 
     def _frame_edges(self, pic: _Picture) -> dict[int, tuple[int, ...]]:

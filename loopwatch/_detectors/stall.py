@@ -567,7 +567,8 @@ class StallDetector(Detector):
         elif idle:
             where = " while no callback of the loop was running"
         elif not stall.samples:
-            where = " (the watchdog did not get to read the loop thread while it was blocked)"
+            where = (" (the watchdog could not read the loop thread while it lasted: a C call "
+                     "held the GIL throughout, or the process did not get the CPU)")
         else:
             where = ""
         in_task = f", in task {task.id} {task.name!r} ({task.coro})" if task is not None else ""
