@@ -355,6 +355,7 @@ class ParkedDetector(Detector):
         #: (once MAX_FINDINGS were)
         self.listed = 0
         self.unlisted = 0
+        self._unlisted_now = 0
         #: the last scan: (tasks read, seconds it took)
         self.last_scan: tuple[int, float] = (0, 0.0)
 
@@ -435,14 +436,18 @@ class ParkedDetector(Detector):
             edges = {**pic.edges, **extra}
             if self.report_parked:
                 rev = _reverse(edges) if records else {}
-                for key, rec in records.items():
+                for key, rec in list(records.items()):
                     rec.awaited_by = self._awaited_by(key[0], rev, pic.by_id)
                     f = self._update(rec, now, ended=False)
                     if f is not None:
                         out.append(f)
+                    if not rec.listed:  # the list is full: keep nothing for it
+                        del records[key]
+                        self._unlisted_now += 1
                 for key, rec in self._open.items():
                     if key not in records and rec.listed:
                         out.append(self._update_ended(rec))
+                self.unlisted = max(self.unlisted, self._unlisted_now)
             self._open = records
             self._skip = skip
             if self.report_cycles:
@@ -504,7 +509,7 @@ class ParkedDetector(Detector):
             else:
                 records[key] = _Parked(key, t, key[1], awaiting, now)
         if count:
-            self.unlisted = max(self.unlisted, unlisted)
+            self._unlisted_now = unlisted
         return extra
 
     def _frame_edges(self, pic: _Picture) -> dict[int, tuple[int, ...]]:
