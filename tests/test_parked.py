@@ -452,7 +452,9 @@ def test_deadlock_example(tmp_path: Path) -> None:
     direct = _run_example("deadlock.py")
     assert direct.returncode == 0, direct.stderr
     assert "startup failed" in direct.stdout
-    assert "await_cycle: 2 tasks wait on each other" in direct.stderr
+    assert "await_cycle: 2 tasks wait on each other in a cycle and none can finish until a " \
+        "timeout ends a wait" in direct.stderr
+    assert "(through asyncio.wait, timeout 2.5 s)" in direct.stderr
     report = tmp_path / "report.json"
     base = ["--uvloop"] if BASE_LOOP == "uvloop" else []
     run = _run_example("deadlock.py", "-m", "loopwatch", "run", *base, "--console", "off",

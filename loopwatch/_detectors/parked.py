@@ -644,6 +644,7 @@ class ParkedDetector(Detector):
         sites: list[Frame | None] = []
         chains: list[tuple[Frame, ...]] = []
         whats: list[str] = []
+        timeouts: list[float | None] = []
         for t in tasks:
             assert t is not None
             aw = describe(t, loop)
@@ -651,23 +652,30 @@ class ParkedDetector(Detector):
             chains.append(aw.frames)
             sites.append(await_site(aw.frames))
             whats.append(aw.what)
+            timeouts.append(aw.timeout)
         del tasks
         parts = []
         for i, ref in enumerate(refs):
             nxt = refs[(i + 1) % len(refs)]
             site = sites[i]
             at = f" at {site.file}:{site.line}" if site is not None else ""
-            how = "" if whats[i] == "task" else f" (through {whats[i]})"
-            parts.append(f"{ref.id} {ref.name!r} awaits {nxt.id}{how}{at}")
-        message = (f"{len(refs)} tasks wait on each other in a cycle and none can finish: "
+            how = [] if whats[i] == "task" else [f"through {whats[i]}"]
+            if timeouts[i] is not None:
+                how.append(f"timeout {timeouts[i]:g} s")
+            how_text = f" ({', '.join(how)})" if how else ""
+            parts.append(f"{ref.id} {ref.name!r} awaits {nxt.id}{how_text}{at}")
+        ending = ("none can finish until a timeout ends a wait" if any(
+            t is not None for t in timeouts) else "none can finish")
+        message = (f"{len(refs)} tasks wait on each other in a cycle and {ending}: "
                    + "; ".join(parts))
         stacks = {f"await {ref.id}": list(chain)
                   for ref, chain in zip(refs, chains, strict=True) if chain}
         details: dict[str, Any] = {
             "cycle": [ref.id for ref in refs],
             "tasks": [{"id": ref.id, "name": ref.name, "coro": ref.coro, "awaiting": what,
-                       "site": site.to_dict() if site is not None else None}
-                      for ref, what, site in zip(refs, whats, sites, strict=True)],
+                       "timeout": timeout, "site": site.to_dict() if site is not None else None}
+                      for ref, what, timeout, site in zip(refs, whats, timeouts, sites,
+                                                          strict=True)],
         }
         return Finding(kind="await_cycle", message=message, site=sites[0], task=refs[0],
                        stacks=stacks, hint=CYCLE_HINT, details=details,
