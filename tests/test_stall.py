@@ -300,3 +300,37 @@ def test_blocking_service_example_under_python_and_loopwatch_run(tmp_path: Path)
     found = data.of_kind("stall")
     assert {f.site.function for f in found if f.site} == {"password_ok", "fetch_profile"}
     assert all(f.site is not None and f.site.file == example for f in found)
+
+
+def test_an_attached_loop_is_watched_and_its_pauses_are_not_stalls() -> None:
+    if BASE_LOOP == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    seen: list[loopwatch.Watcher] = []
+
+    async def first() -> None:
+        seen.append(loopwatch.attach(stall_after=0.1, log=False))
+        await asyncio.sleep(0.03)
+        block(0.2)
+        await asyncio.sleep(0.03)
+
+    async def second() -> None:
+        await asyncio.sleep(0.03)
+
+    try:
+        loop.run_until_complete(first())
+        w = seen[0]
+        # stopped with a beat pending: the watchdog sees it is not running, not blocked
+        wait_until(lambda: detector(w)._paused_dues)
+        time.sleep(0.3)
+        loop.run_until_complete(second())
+        thread = detector(w)._thread
+    finally:
+        loop.close()
+    (f,) = stalls(seen[0])
+    assert f.site is not None and f.site.line == BLOCK_LINE
+    assert seen[0].lag()["max"] < 0.3  # the pause is not loop lag either
+    assert thread is not None and not thread.is_alive()

@@ -340,9 +340,10 @@ class StallDetector(Detector):
             late = now - due
             if late < 0.0:  # timers may run up to the clock's resolution early
                 late = 0.0
-            self.lag.record(late)
-            if late > self.stall_after:
-                self._late.append((due, late))  # before the next due is published
+            if due not in self._paused_dues:  # not the time an attached loop was stopped
+                self.lag.record(late)
+                if late > self.stall_after:
+                    self._late.append((due, late))  # before the next due is published
             self._due = now + self.heartbeat
             self._handle = self.watcher.loop.call_later(self.heartbeat, self._beat)
         except Exception as exc:  # a loop callback: never let it reach the program
