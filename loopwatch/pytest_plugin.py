@@ -14,9 +14,10 @@ How a test is watched, whatever runs its loop:
   holds a lease on anyio's shared test runner from the test's first async fixture (or
   its call) to the end of its teardown, so the loop stays open until it is checked;
   it attaches to that loop when the lease is taken.
-- Every test is judged at the end of its own teardown (a function-scoped fixture set
-  up before all others, torn down after all others); whatever happens later in the
-  teardown (a module-scoped loop closing after the module's last test) is checked at
+- Every test is judged at the end of its own teardown: by a finalizer added to the
+  test when its first function-scoped fixture is set up, which runs after all its
+  fixtures are torn down; a test without one, and whatever happens later in the
+  teardown (a module-scoped loop closing after the module's last test), is checked at
   the very end of the teardown phase.
 
 With a module- or session-scoped loop, a test is judged against a baseline taken when
@@ -60,7 +61,6 @@ __all__ = ["LoopwatchWarning", "TestWatch"]
 
 MODES = ("error", "warn", "off")
 GC_MODES = ("test", "module", "off")
-GUARD = "_loopwatch_guard"
 MARKER_ARGS = ("checks", "ignore", "grace", "enabled")
 
 
@@ -135,33 +135,34 @@ class _Garbage:
     once the frozen heap has grown a lot, and at the end of the session.
     """
 
+    #: tests between two full passes (each at a module boundary)
+    FULL_EVERY = 1000
+
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.frozen = False
-        self._full_at = 0
+        self._since_full = 0
 
     def prepare(self) -> None:
         if self.mode == "test" and not self.frozen:
-            gc.collect()
+            # No collection first: garbage made before the first test is nobody's
+            # business here, and a full pass costs more than many small tests.
             gc.freeze()
             self.frozen = True
-            self._full_at = gc.get_freeze_count()
 
     def collect(self) -> None:
         gc.collect()
         if self.frozen:
             gc.freeze()
+            self._since_full += 1
 
     def boundary(self) -> None:
-        """A module boundary: a full pass when the frozen heap has grown a lot."""
-        if not self.frozen:
-            return
-        count = gc.get_freeze_count()
-        if count > max(2 * self._full_at, self._full_at + 200_000):
+        """A module boundary: now and then, a full pass over what was frozen."""
+        if self.frozen and self._since_full >= self.FULL_EVERY:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
-            self._full_at = gc.get_freeze_count()
+            self._since_full = 0
 
     def release(self) -> None:
         if self.frozen:
@@ -184,8 +185,12 @@ class _Session:
         self.garbage = _Garbage(gc_mode)
         self.report_path = report_path
         self.dump_after = dump_after
-        #: every watcher the plugin attached (weak), by serial
-        self.watchers: dict[int, weakref.ref[Watcher]] = {}
+        #: the watchers the plugin attached whose loops are still open (weak), by serial
+        self.open: dict[int, weakref.ref[Watcher]] = {}
+        #: serials of the watchers the plugin made itself (it stops them after their test)
+        self.ours: set[int] = set()
+        #: the base loops seen, for the session report
+        self.bases: set[str] = set()
         #: the test being checked now; ``quiet`` while an unwatched test runs
         self.current: _ItemCheck | None = None
         self.quiet = False
@@ -240,12 +245,20 @@ class _Session:
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> Watcher:
         """Watch ``loop`` (once) and send its findings to whichever test is current."""
+        # Stragglers and await cycles are judged by the check itself, at the end of
+        # each test; the watchdog's checks are off unless some test asks for them.
         off = {"straggler"} | ({"stall", "parked", "task_growth", "executor_thread"}
                                - self.wanted)
+        if "parked" not in self.wanted:
+            off.add("await_cycle")
+        existing = getattr(loop, "_lw_watcher", None)
         watcher = watch_loop(loop, disabled=frozenset(off),
                              watchdog=bool({"stall", "parked"} & self.wanted))
-        if watcher.serial not in self.watchers:
-            self.watchers[watcher.serial] = weakref.ref(watcher)
+        if watcher.serial not in self.open and not watcher.closed:
+            self.open[watcher.serial] = weakref.ref(watcher)
+            self.bases.add(watcher.base)
+            if existing is None:
+                self.ours.add(watcher.serial)
             subscribe(watcher, self._deliver)
         return watcher
 
@@ -260,17 +273,24 @@ class _Session:
 
     def open_watchers(self) -> list[Watcher]:
         out = []
-        for ref in list(self.watchers.values()):
+        for serial, ref in list(self.open.items()):
             w = ref()
             if w is None or w.closed:
+                del self.open[serial]
                 continue
             out.append(w)
         return out
 
-    def prune(self) -> None:
-        for serial, ref in list(self.watchers.items()):
-            if ref() is None:
-                del self.watchers[serial]
+    def stop_closed(self, watchers: list[Watcher]) -> None:
+        """Stop the plugin's own watchers of loops that closed during a test: their
+        detectors leave the process-wide hooks (warnings, ...) they joined."""
+        for w in watchers:
+            if w.closed and w.serial in self.ours:
+                self.ours.discard(w.serial)
+                try:
+                    w.close()
+                except Exception:  # never break the run over a watcher that will not stop
+                    pass
 
     def pending_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -289,7 +309,6 @@ class _Session:
             return
         mode, settings = resolved
         assert isinstance(item, pytest.Function)
-        self.prune()
         self.garbage.prepare()
         ic = _ItemCheck(self, item, mode, settings)
         item.stash[_item_key] = ic
@@ -302,8 +321,6 @@ class _Session:
         for watcher in self.open_watchers():
             check.watch(watcher, subscribe_=False)
         ic.origins.start()
-        if GUARD not in item.fixturenames:
-            item.fixturenames.insert(0, GUARD)
         self.current = ic
 
     # -- fixtures ----------------------------------------------------------------
@@ -337,7 +354,8 @@ class _Session:
             return
         ic.check.watch(watcher, subscribe_=False)
         ic.check.sweep(watcher)
-        ic.check.collect(garbage=self.gc_mode == "test")
+        # No garbage collection here: the test's own check, after the loop closed, does it.
+        ic.check.collect(garbage=False)
 
     def anyio_lease(self, ic: _ItemCheck, backend: Any) -> None:
         """Hold anyio's shared test runner open for this test, and watch its loop."""
@@ -379,7 +397,10 @@ class _Session:
                                            f"{type(exc).__name__}: {exc}")
                 if boundary:
                     self.garbage.boundary()
-                check.collect(garbage=self.gc_mode == "test" or
+                # After the test's own check, only a module's teardown or anyio's runner
+                # closing can have made more garbage.
+                late = not ic.guarded or lease is not None or boundary
+                check.collect(garbage=(self.gc_mode == "test" and late) or
                               (self.gc_mode == "module" and boundary))
             ic.conclude(stage="end", raise_ok=raise_ok)
         finally:
@@ -397,8 +418,8 @@ class _Session:
         worker = getattr(self.config, "workerinput", None)
         if isinstance(worker, dict) and worker.get("workerid"):
             path = f"{path}.{worker['workerid']}"
-        bases = sorted({w.base for w in (r() for r in self.watchers.values()) if w is not None})
-        report = Report(findings=list(self.findings), scope="run", loop=",".join(bases))
+        report = Report(findings=list(self.findings), scope="run",
+                        loop=",".join(sorted(self.bases)))
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:
@@ -437,6 +458,9 @@ class _ItemCheck:
         self.anyio: Any = None
         self.phase: dict[str, pytest.TestReport] = {}
         self.raised = False
+        #: judged at the end of its fixtures' teardown (``anchored``: that is arranged)
+        self.guarded = False
+        self.anchored = False
         #: every report made for this test (the ``loopwatch`` fixture reads them)
         self.reports: list[Report] = []
         self._dumping = False
@@ -498,6 +522,19 @@ class _ItemCheck:
                 rep.sections.append(("loopwatch", note))
                 return
 
+    def judge(self) -> None:
+        """After every fixture of the test was torn down: judge it."""
+        check = self.check
+        if check is None:
+            return
+        state = self.session
+        self.guarded = True
+        for watcher in state.open_watchers():
+            check.watch(watcher, subscribe_=False)
+        check.sweep()
+        check.collect(garbage=state.gc_mode == "test")
+        self.conclude(stage="judge", raise_ok=True)
+
     def arm_dump(self, seconds: float) -> None:
         from ._dump import dump_later
 
@@ -525,6 +562,7 @@ class _ItemCheck:
                 pass
         if self.check is not None:
             self.check.close()
+            self.session.stop_closed(self.check.watchers())
             self.check = None
 
 
@@ -661,6 +699,12 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Gen
             # Outside a watched test (a session fixture set up early): watch anyway.
             state.adopt_runner(fixturedef, result)
         return result
+    if not ic.anchored and request.node is ic.item:
+        # The first function-scoped fixture of the test: a finalizer added to the test
+        # now runs after every fixture of the test is torn down (and before anything of
+        # the module is). That is where the test is judged.
+        ic.anchored = True
+        ic.item.addfinalizer(ic.judge)
     owner: object | None = None
     before: set[int] = set()
     if fixturedef.scope != "function":
@@ -712,23 +756,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]
         if backend and inspect.iscoroutinefunction(pyfuncitem.obj):
             state.anyio_lease(ic, backend)
     return (yield)
-
-
-@pytest.fixture
-def _loopwatch_guard(request: pytest.FixtureRequest) -> Generator[None, None, None]:
-    """Set up before every other fixture of a watched test and torn down after them all:
-    where the test is judged."""
-    ic = request.node.stash.get(_item_key, None)
-    yield
-    if ic is None or ic.check is None:
-        return
-    state = ic.session
-    check = ic.check
-    for watcher in state.open_watchers():
-        check.watch(watcher, subscribe_=False)
-    check.sweep()
-    check.collect(garbage=state.gc_mode == "test")
-    ic.conclude(stage="guard", raise_ok=True)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 from ._awaits import find_cycles, waits_on
+from ._detectors import Detector
 from ._detectors.stragglers import straggler_finding
 from ._exceptions import LoopLeakError, NotWatchedError, OptionsError
 from ._frames import Frame, format_raw, pick_site
@@ -451,7 +452,16 @@ class LeakCheck:
 
     def _judge(self, state: _Loop, tasks: list[asyncio.Future[Any]]) -> None:
         watcher = state.watcher
-        stuck = _reaches_cycle(tasks, watcher)
+        stuck, cycles, by_id = _cycle_picture(tasks, watcher)
+        for cycle in cycles:
+            try:
+                finding = _cycle_finding(cycle, by_id, watcher)
+            except Exception as exc:
+                self.notes.append(f"could not describe an await cycle: {exc}")
+                continue
+            if not self.settings.ignores(finding):
+                self._add(finding)
+        del by_id
         for task in tasks:
             n = task_id(task)
             self.handled.add(n)
@@ -471,7 +481,7 @@ class LeakCheck:
             self._add(finding)
 
     async def _cancel(self, state: _Loop, tasks: list[asyncio.Future[Any]]) -> None:
-        stuck = _reaches_cycle(tasks, state.watcher)
+        stuck = _cycle_picture(tasks, state.watcher)[0]
         doomed = [t for t in tasks if task_id(t) not in stuck]
         for task in doomed:
             task.cancel("loopwatch: straggler cleanup")
@@ -497,7 +507,7 @@ class LeakCheck:
         if watcher.closed:
             return found
         for detector in list(watcher.detectors):
-            if "straggler" in detector.kinds:
+            if "straggler" in detector.kinds or type(detector).audit is Detector.audit:
                 continue
             result = watcher.call(detector, "audit")
             if result:
@@ -590,9 +600,11 @@ def _key(finding: Finding) -> Any:
             (site.file, site.line) if site else None, finding.message)
 
 
-def _reaches_cycle(tasks: list[asyncio.Future[Any]], watcher: Watcher) -> set[int]:
-    """Ids of ``tasks`` that wait, directly or through other tasks, on an await cycle:
-    cancelling any of them would recurse forever."""
+def _cycle_picture(tasks: list[asyncio.Future[Any]], watcher: Watcher) -> tuple[
+        set[int], list[tuple[int, ...]], dict[int, asyncio.Future[Any]]]:
+    """The await cycles that ``tasks`` are in or wait on, the ids of those of ``tasks``
+    that reach one (cancelling any of them would recurse forever), and the tasks by id
+    (strong references: drop them)."""
     by_id: dict[int, asyncio.Future[Any]] = {task_id(t): t for t in watcher.live_tasks()}
     for t in tasks:
         by_id.setdefault(task_id(t), t)
@@ -605,9 +617,9 @@ def _reaches_cycle(tasks: list[asyncio.Future[Any]], watcher: Watcher) -> set[in
         task = by_id.get(n)
         edges[n] = waits_on(task) if task is not None else ()
         todo.extend(m for m in edges[n] if m not in edges)
-    cycles = find_cycles(edges)
+    cycles = [tuple(c) for c in find_cycles(edges)]
     if not cycles:
-        return set()
+        return set(), [], by_id
     bad = {n for cycle in cycles for n in cycle}
     changed = True
     while changed:
@@ -616,7 +628,43 @@ def _reaches_cycle(tasks: list[asyncio.Future[Any]], watcher: Watcher) -> set[in
             if n not in bad and any(m in bad for m in targets):
                 bad.add(n)
                 changed = True
-    return {task_id(t) for t in tasks} & bad
+    return {task_id(t) for t in tasks} & bad, cycles, by_id
+
+
+def _cycle_finding(cycle: tuple[int, ...], by_id: dict[int, asyncio.Future[Any]],
+                   watcher: Watcher) -> Finding:
+    """An ``await_cycle`` finding (the same key as the parked detector's, so that one
+    cycle seen by both is reported once)."""
+    from ._awaits import describe
+    from ._detectors.parked import CYCLE_HINT, await_site
+    from ._watcher import task_ref
+
+    refs = []
+    chains = []
+    sites = []
+    for n in cycle:
+        task = by_id[n]
+        aw = describe(task, watcher.loop)
+        refs.append(task_ref(task))
+        chains.append(list(aw.frames))
+        sites.append(await_site(aw.frames))
+    parts = []
+    for i, ref in enumerate(refs):
+        nxt = refs[(i + 1) % len(refs)]
+        site = sites[i]
+        at = f" at {site.file}:{site.line}" if site is not None else ""
+        parts.append(f"{ref.id} {ref.name!r} awaits {nxt.id}{at}")
+    return Finding(
+        kind="await_cycle",
+        message=(f"{len(refs)} tasks wait on each other in a cycle and none can finish: "
+                 + "; ".join(parts)),
+        site=sites[0],
+        task=refs[0],
+        stacks={f"await {ref.id}": chain for ref, chain in zip(refs, chains, strict=True) if chain},
+        hint=CYCLE_HINT,
+        details={"tasks": [ref.id for ref in refs]},
+        key=("await_cycle", cycle),
+    )
 
 
 def _collect_garbage() -> None:
