@@ -177,6 +177,17 @@ KINDS_FILE = """
         await asyncio.sleep(0)
 
 
+    async def test_unclosed_resource():
+        async def handle(reader, writer):
+            writer.close()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        global connection
+        connection = await asyncio.open_connection("127.0.0.1", port)
+        await connection[0].read()  # the server hung up; this side never closes
+        server.close()
+
+
     async def test_fails_and_leaks():
         global kept
         kept = asyncio.create_task(worker(asyncio.Event()), name="fails-too")
@@ -196,6 +207,7 @@ def test_each_kind_fails_the_test_that_left_it(pytester: pytest.Pytester) -> Non
         "test_await_cycle": ["await_cycle", "straggler", "straggler"],
         "test_post_close": ["post_close_call"],
         "test_fixture_teardown_leaks": ["straggler"],
+        "test_unclosed_resource": ["unclosed_resource"],
         "test_fails_and_leaks": ["straggler"],
     }
     assert r.kinds == expected, r.text
@@ -212,8 +224,8 @@ def test_each_kind_fails_the_test_that_left_it(pytester: pytest.Pytester) -> Non
     (failed,) = [f for f in r.report.findings if f.details["test"].endswith("fails_and_leaks")]
     assert failed.details["test_failed"] is True
     assert "not failed again for this, as it already failed" in r.text
-    r.result.assert_outcomes(passed=10, failed=1, errors=8)
-    assert "loopwatch: 11 findings in 9 tests" in r.text
+    r.result.assert_outcomes(passed=11, failed=1, errors=9)
+    assert "loopwatch: 12 findings in 10 tests" in r.text
 
 
 def test_failure_text_and_json_report(pytester: pytest.Pytester) -> None:

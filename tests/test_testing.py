@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import unittest
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import anyio
@@ -182,6 +182,27 @@ def test_sync_block_with_its_loop_factory() -> None:
                              backend_options={"loop_factory": cs.loop_factory}) == 7
     assert [f.kind for f in caught.value.report.findings] == ["straggler"]
     assert [w.base for w in cs.watchers] == [BASE_LOOP]
+
+
+def test_sync_block_around_a_loop_closed_by_hand() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    async def start() -> AsyncIterator[int]:
+        gen = numbers()
+        await gen.__anext__()
+        return gen
+
+    with base_policy():
+        with pytest.raises(LoopLeakError) as caught:
+            with clean_shutdown():
+                loop = asyncio.new_event_loop()
+                gen = loop.run_until_complete(start())
+                loop.close()  # without shutdown_asyncgens(): the generator never finishes
+    assert [f.kind for f in caught.value.report.findings] == ["asyncgen_unfinalized"]
+    assert "numbers" in caught.value.report.findings[0].message
+    del gen
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner is 3.11+")
