@@ -593,10 +593,9 @@ def _failure_text(ic: _ItemCheck, report: Report) -> str:
     title = f"loopwatch: {ic.nodeid} left its event loop unclean ({counts})"
     lines = []
     if report.of_kind("straggler"):
-        lines.append("loopwatch cancelled the stragglers reported above (except any in an "
-                     "await cycle).")
-    lines.append("To accept one in this test: @pytest.mark.loopwatch(ignore=[\"PATTERN\"]); "
-                 "in every test: loopwatch_ignore in the ini file. Patterns match the "
+        lines.append("loopwatch cancelled the stragglers above (except any in an await cycle).")
+    lines.append("To accept one in this test: @pytest.mark.loopwatch(ignore=[\"PATTERN\"]);\n"
+                 "in every test: loopwatch_ignore in the ini file. A pattern matches the\n"
                  "coroutine's qualified name, the task name or the creation site file:line.")
     try:
         width = max(80, min(160, ic.item.config.get_terminal_writer().fullwidth))

@@ -698,10 +698,19 @@ ORIGIN_DEPTH = 8
 
 
 def format_report(report: Report, title: str, *, width: int = 100, footer: str = "") -> str:
-    """The plain text of a failure: a title line, the rendered report, a footer."""
-    from ._render import render_text, report_renderable
+    """The plain text of a failure: a title line, each finding rendered, notes, a footer."""
+    from rich.console import Group, RenderableType
+    from rich.text import Text
 
-    body = render_text(report_renderable(report), width=width).rstrip()
+    from ._render import finding_renderable, render_text
+
+    parts: list[RenderableType] = []
+    for finding in report.findings:
+        parts.append(finding_renderable(finding))
+        parts.append(Text(""))
+    for note in report.notes:
+        parts.append(Text(f"note: {note}"))
+    body = render_text(Group(*parts), width=width).rstrip()
     text = f"{title}\n\n{body}"
     if footer:
         text += f"\n\n{footer}"
