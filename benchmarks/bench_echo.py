@@ -133,7 +133,7 @@ def run(base: str, cfg: Config) -> list[Figure]:
     cmd = {"connections": min(50, cfg.n(50)), "requests": cfg.n(600), "size": 64,
            "deadline": 60}
     total = cmd["connections"] * cmd["requests"]
-    rounds = cfg.pick_rounds(6, 3)  # 3 variants: each is first, second and third alike
+    rounds = cfg.pick_rounds(9, 3)  # 3 variants: each is first, second and third alike
     tmp = tempfile.mkdtemp(prefix="lw-bench-")
     address = f"unix:{os.path.join(tmp, 'console.sock')}"
     load = LoadGenerator()

@@ -107,8 +107,8 @@ def run(base: str, cfg: Config) -> list[Figure]:
         bare, watched = median(samples["bare"]), median(samples["watched"])
         frames = "/".join(str(d) for d in sorted(depths))
         figures.append(Figure(
-            NAME, base, f"watched - bare, {count:,} tasks, {site} site ({frames}-frame stack)",
-            watched - bare, "B/task", TARGET,
+            NAME, base, f"watched - bare, {count:,} tasks, {site} creation site",
+            watched - bare, "B/task", TARGET, note=f"creation stacks of {frames} frames",
             samples=[w - b for w, b in zip(samples["watched"], samples["bare"], strict=True)],
             details={"bare_per_task": spread(samples["bare"]),
                      "watched_per_task": spread(samples["watched"]), "tasks": count,

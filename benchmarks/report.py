@@ -3,8 +3,9 @@
     python benchmarks/report.py results/py3.11.json results/py3.12.json ... > table.md
 
 One table per benchmark: a row per figure and base loop, a column per Python. A
-figure that meets its target is marked ✓, one that misses it ✗ and in bold; "n/a"
-cells and misses get their note under the table.
+figure that meets its target is marked ✓, one that misses it ✗ and in bold; a ratio
+measured in 3 rounds or more is followed by the lowest and highest round's; notes
+(why a cell is "n/a", a worst case, ...) are numbered under the table.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from _harness import Figure
 from run import BENCHMARKS
 
 
-def cell(f: Figure, notes: list[str], python: str) -> str:
+def cell(f: Figure, notes: dict[str, int]) -> str:
     def ref(text: str) -> str:
-        notes.append(f"{python}, {f.loop}: {text}")
-        return f" [{len(notes)}]"
+        number = notes.setdefault(text, len(notes) + 1)
+        return f" [{number}]"
 
     if f.status != "ok":
         return f.status + ref(f.note)
     text = f.value_text()
-    extra = ref(f.note) if f.note and f.met is False else ""
+    if f.unit == "x" and len(f.samples) >= 3:  # how far apart the rounds were
+        text += f" ({min(f.samples):.2f}-{max(f.samples):.2f})"
+    extra = ref(f.note) if f.note else ""
     if f.met is True:
         return f"{text} ✓{extra}"
     if f.met is False:
@@ -46,17 +49,17 @@ def tables(docs: list[dict[str, Any]]) -> str:
                     rows.setdefault((f.name, f.loop), {})[py] = f
         if not rows:
             continue
-        notes: list[str] = []
+        notes: dict[str, int] = {}
         out.append(f"### {bench}\n")
         out.append("| figure | loop | target | " + " | ".join(pythons) + " |")
         out.append("|---|---|---|" + "---|" * len(pythons))
         for (name, loop), by_py in rows.items():
             first = next(iter(by_py.values()))
-            cells = [cell(by_py[py], notes, py) if py in by_py else "" for py in pythons]
+            cells = [cell(by_py[py], notes) if py in by_py else "" for py in pythons]
             out.append(f"| {name} | {loop} | {first.target_text()} | " + " | ".join(cells) + " |")
         if notes:
             out.append("")
-            out.extend(f"{i}. {n}" for i, n in enumerate(notes, 1))
+            out.extend(f"{i}. {n}" for n, i in notes.items())
         out.append("")
     return "\n".join(out)
 
