@@ -62,6 +62,7 @@ __all__ = [
     "find_command",
     "parse_argv",
     "render",
+    "render_text_answer",
     "run_json",
     "run_text",
     "text_args",
@@ -416,7 +417,7 @@ def run_text(ctx: Context, line: str) -> str:
             return head
         args = text_args(command.name, args)
         data = _invoke(ctx, command, args)
-        body = render_text(render(command.name, data, args), width=TEXT_WIDTH)
+        body = render_text_answer(command.name, data, args)
     except (UsageError, CommandError) as exc:
         body = f"error: {exc}\n"
     return head + body
@@ -497,6 +498,11 @@ def render(name: str, data: Any, args: dict[str, Any] | None = None) -> Renderab
     """The renderable for the result ``data`` of command ``name`` (text and CLI alike)."""
     command = find_command(name)
     return command.render(data, _finish(command, dict(args or {})))
+
+
+def render_text_answer(name: str, data: Any, args: dict[str, Any] | None = None) -> str:
+    """The plain text a text line gets for the result ``data`` of command ``name``."""
+    return render_text(render(name, data, args), width=TEXT_WIDTH)
 
 
 # -- reading tasks -------------------------------------------------------------------
@@ -768,8 +774,6 @@ def cmd_ps(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         for i in order:
             if i not in extra:
                 extra[i] = {"awaiting": _awaiting_dict(scan.tasks[i], loop)}
-    else:
-        extra = {}
     return {**_process(ctx), "total": total, "matched": matched, "shown": len(order),
             "more": matched - len(order), "sort": sort,
             "parked_after": ctx.watcher.options.parked_after,
@@ -881,7 +885,7 @@ def cmd_cancel(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     named: list[str] = args["tasks"]
     over = args["parked_over"]
     needle = args["filter"]
-    chosen = sum(1 for x in (named, over is not None, needle) if x)
+    chosen = sum(1 for x in (named, over is not None, needle is not None) if x)
     if chosen == 0:
         raise UsageError("cancel: name the tasks: cancel TASK... (ids like T7 or 7, or names), "
                          "cancel --parked-over SECONDS, or cancel --filter TEXT")
@@ -970,21 +974,6 @@ def cmd_findings(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _growth_rows(diffs: Any) -> list[dict[str, Any]]:
-    rows = []
-    for d in diffs or ():
-        to_dict = getattr(d, "to_dict", None)
-        if callable(to_dict):
-            rows.append(to_dict())
-        elif dataclasses.is_dataclass(d) and not isinstance(d, type):
-            rows.append(dataclasses.asdict(d))
-        elif isinstance(d, dict):
-            rows.append(dict(d))
-        else:
-            rows.append({"site": str(d)})
-    return rows
-
-
 def cmd_growth(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     w = ctx.watcher
     snapshot = w.snapshot()
@@ -994,12 +983,19 @@ def cmd_growth(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         baseline, taken = state.baseline, state.baseline_at
         if args["baseline"] or baseline is None:
             state.baseline, state.baseline_at = snapshot, now
-    total = getattr(snapshot, "total", None)
+    total = snapshot.total
     if args["baseline"] or baseline is None:
         return {"baseline": True, "total": total, "taken": now, "since": None, "sites": []}
-    diffs = snapshot.compare_to(baseline, key="site")
-    return {"baseline": False, "total": total, "taken": taken, "since": now - taken,
-            "sites": _growth_rows(diffs)}
+    rows = []
+    for diff in snapshot.compare_to(baseline, key="site"):
+        if not diff.count_diff:
+            continue
+        site = diff.key
+        rows.append({"site": site.to_dict() if isinstance(site, Frame) else None,
+                     "coro": snapshot.site_coros.get(site) or baseline.site_coros.get(site),
+                     "count": diff.count, "count_diff": diff.count_diff})
+    return {"baseline": False, "total": total, "was": baseline.total, "taken": taken,
+            "since": now - taken, "sites": rows}
 
 
 def _loop_stack(ctx: Context) -> dict[str, Any] | None:
@@ -1371,27 +1367,24 @@ def render_findings(data: dict[str, Any], args: dict[str, Any]) -> RenderableTyp
 
 
 def render_growth(data: dict[str, Any], args: dict[str, Any]) -> RenderableType:
-    total = data.get("total")
-    live = f" ({total} live tasks)" if total is not None else ""
     if data["baseline"]:
-        return _t(f"baseline taken{live}; run growth again later to see which creation "
-                  "sites grew")
+        return _t(f"baseline taken ({data['total']} live tasks); run growth again later to "
+                  "see which creation sites grew")
+    head = _t(f"since the baseline {format_seconds(data['since'])} ago: {data['was']} -> "
+              f"{data['total']} live tasks", "bold")
     rows = data["sites"]
-    head = _t(f"growth since the baseline {format_seconds(data['since'])} ago{live}:", "bold")
     if not rows:
-        return Group(head, _t("no creation site grew"))
+        return Group(head, _t("no creation site changed"))
     table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("site", style="cyan", overflow="fold")
-    table.add_column("tasks", justify="right")
-    table.add_column("change", justify="right")
+    table.add_column("change", justify="right", no_wrap=True)
+    table.add_column("tasks", justify="right", no_wrap=True)
+    table.add_column("created at", style="cyan", overflow="fold")
+    table.add_column("coro", overflow="fold")
     for row in rows:
-        site = row.get("site")
-        where = _where(site) if isinstance(site, dict) else str(site or "-")
-        if isinstance(site, dict) and site.get("function"):
-            where += f" in {site['function']}"
-        count = row.get("count", "")
-        diff = row.get("count_diff", row.get("diff", ""))
-        table.add_row(where, _t(count), _t(f"{diff:+d}" if isinstance(diff, int) else diff))
+        site = row["site"]
+        where = f"{_where(site)} in {site['function']}" if site else "(before loopwatch attached)"
+        table.add_row(_t(f"{row['count_diff']:+d}"), _t(row["count"]), _t(where),
+                      _t(row.get("coro") or ""))
     return Group(head, table)
 
 

@@ -129,17 +129,13 @@ def parse_address(text: str | None) -> Address:
         return Address("unix", path=os.path.abspath(path))
     rest = raw[4:] if raw.startswith("tcp:") else raw
     host, sep, port_text = rest.rpartition(":")
-    if not sep or not port_text:
+    if not sep or not port_text.isdigit() or "/" in host:
         raise ConsoleError(f"console address {raw!r} is not one of {ADDRESS_FORMS}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not host:
         host = "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConsoleError(f"console address {raw!r}: the port {port_text!r} is not a number; "
-                           f"use one of {ADDRESS_FORMS}") from None
+    port = int(port_text)
     if not 0 <= port <= 65535:
         raise ConsoleError(f"console address {raw!r}: the port must be 0 to 65535")
     return Address("tcp", host=host, port=port)
@@ -210,6 +206,7 @@ class _LineReader:
         self.buf = bytearray()
         self.discarding = False
         self.telnet = 0  # 0 data, 1 after IAC, 2 option byte next, 3 in SB, 4 IAC in SB
+        self.sub = 0  # bytes of the subnegotiation so far
 
     def _strip_telnet(self, data: bytes) -> bytes:
         if self.telnet == 0 and _IAC not in data:
@@ -217,7 +214,12 @@ class _LineReader:
         out = bytearray()
         for b in data:
             state = self.telnet
-            if state == 0:
+            if b == 10 and state:
+                # A line end always ends a line: binary garbage that looks like the start
+                # of a negotiation must never swallow the requests after it.
+                self.telnet = 0
+                out.append(b)
+            elif state == 0:
                 if b == _IAC:
                     self.telnet = 1
                 else:
@@ -230,13 +232,17 @@ class _LineReader:
                     self.telnet = 2
                 elif b == _SB:
                     self.telnet = 3
+                    self.sub = 0
                 else:  # a two-byte command (IP, AO, AYT, NOP, ...)
                     self.telnet = 0
             elif state == 2:
                 self.telnet = 0
             elif state == 3:
+                self.sub += 1
                 if b == _IAC:
                     self.telnet = 4
+                elif self.sub > 256:  # no real subnegotiation is this long
+                    self.telnet = 0
             else:
                 self.telnet = 0 if b == _SE else 3
         return bytes(out)
