@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import select
 import shutil
 import socket
 import stat
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,36 +110,51 @@ class Program:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
             cwd=self.dir)
         self.lines: list[str] = []
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         if ready:
             self.wait_for("ready")
 
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.queue.put(line)
+        self.queue.put(None)
+
     def wait_for(self, text: str, timeout: float = TIMEOUT) -> str:
         """The next stdout line that contains ``text`` (fails when the program ends)."""
-        assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
-            if not ready:
-                continue
-            line = self.proc.stdout.readline()
-            if not line:
+        while True:
+            try:
+                line = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} from the program within {timeout} s") \
+                    from None
+            if line is None:
+                self.proc.wait(TIMEOUT)
                 err = self.proc.stderr.read() if self.proc.stderr else ""
                 raise AssertionError(f"the program ended before {text!r}: {err}")
             self.lines.append(line)
             if text in line:
                 return line
-        raise AssertionError(f"no {text!r} from the program within {timeout} s")
 
     def release(self) -> None:
         """End a block started with ``block_until_flag``."""
         Path(self.flag).touch()
 
-    def stop(self) -> tuple[str, str]:
+    def stop(self) -> str:
+        """Kill the program if it still runs; its stderr."""
         if self.proc.poll() is None:
             self.proc.kill()
-        out, err = self.proc.communicate(timeout=TIMEOUT)
+        self.proc.wait(TIMEOUT)
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        self.reader.join(TIMEOUT)  # it ends at the end of stdout
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-        return out, err
+        return err
 
 
 @pytest.fixture
