@@ -157,8 +157,8 @@ class Program:
         return err
 
 
-@pytest.fixture
-def program() -> Iterator[Callable[..., Program]]:
+def programs() -> Iterator[Callable[..., Program]]:
+    """Start programs; all are stopped at the end (the body of the fixtures)."""
     started: list[Program] = []
 
     def start(source: str = BASIC, **kwargs: Any) -> Program:
@@ -169,6 +169,11 @@ def program() -> Iterator[Callable[..., Program]]:
     yield start
     for prog in started:
         prog.stop()
+
+
+@pytest.fixture
+def program() -> Iterator[Callable[..., Program]]:
+    yield from programs()
 
 
 class Conn:
