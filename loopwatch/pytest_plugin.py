@@ -191,6 +191,8 @@ class _Session:
         self.ours: set[int] = set()
         #: the base loops seen, for the session report
         self.bases: set[str] = set()
+        #: watchers of closed loops waiting for the module's end to be stopped
+        self._closed: list[Watcher] = []
         #: the test being checked now; ``quiet`` while an unwatched test runs
         self.current: _ItemCheck | None = None
         self.quiet = False
@@ -283,7 +285,15 @@ class _Session:
 
     def stop_closed(self, watchers: list[Watcher]) -> None:
         """Stop the plugin's own watchers of loops that closed during a test: their
-        detectors leave the process-wide hooks (warnings, ...) they joined."""
+        detectors leave the process-wide hooks (warnings, ...) they joined. With
+        ``loopwatch_gc = module`` that waits for the module's garbage collection, which
+        still needs their detectors."""
+        if self.gc_mode == "module":
+            self._closed.extend(watchers)
+            return
+        self._stop(watchers)
+
+    def _stop(self, watchers: list[Watcher]) -> None:
         for w in watchers:
             if w.closed and w.serial in self.ours:
                 self.ours.discard(w.serial)
@@ -381,8 +391,8 @@ class _Session:
 
     def end(self, ic: _ItemCheck, nextitem: pytest.Item | None, *, raise_ok: bool) -> None:
         """The very end of the teardown phase: judge what is left, release the loops."""
+        boundary = nextitem is None or _module_of(nextitem) is not _module_of(ic.item)
         try:
-            boundary = nextitem is None or _module_of(nextitem) is not _module_of(ic.item)
             check = ic.check
             if check is not None:
                 for watcher in self.open_watchers():
@@ -405,6 +415,9 @@ class _Session:
             ic.conclude(stage="end", raise_ok=raise_ok)
         finally:
             ic.finish()
+            if boundary and self._closed:
+                waiting, self._closed = self._closed, []
+                self._stop(waiting)
             if self.current is ic:
                 self.current = None
             self.quiet = False

@@ -551,6 +551,44 @@ def test_ini_patterns_marker_checks_and_grace(pytester: pytest.Pytester) -> None
     r.result.assert_outcomes(passed=10, errors=3)
 
 
+GC_FILE = """
+    import asyncio
+    import gc
+    import pytest
+
+    pytestmark = pytest.mark.asyncio
+
+
+    async def boom():
+        raise ValueError("lost in a cycle")
+
+
+    async def test_lost_in_a_cycle():
+        gc.disable()  # only loopwatch collects garbage in this module
+        task = asyncio.create_task(boom(), name="lost-in-a-cycle")
+        await asyncio.sleep(0.01)
+        holder = [task]
+        holder.append(holder)  # only the garbage collector can free the task now
+
+
+    async def test_last_of_module():
+        gc.enable()
+"""
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("test", {"test_lost_in_a_cycle": ["unretrieved_exception"]}),
+    ("module", {"test_last_of_module": ["unretrieved_exception"]}),
+    ("off", {}),
+])
+def test_gc_modes(pytester: pytest.Pytester, mode: str, expected: dict[str, list[str]]) -> None:
+    # What only the collector can find is found after the test (test), after the
+    # module's last test (module), or not during the session (off).
+    r = run(pytester, {"test_gc": GC_FILE}, "--loopwatch", "-o", f"loopwatch_gc={mode}",
+            "-o", "loopwatch_checks=unretrieved_exception")
+    assert r.kinds == expected, r.text
+
+
 def test_off_unless_asked(pytester: pytest.Pytester) -> None:
     files = {"test_off": """
         import asyncio
