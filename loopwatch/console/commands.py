@@ -1141,7 +1141,11 @@ def _waiting(row: dict[str, Any]) -> str:
 
 
 def tasks_table(rows: Sequence[dict[str, Any]], *, awaiting: bool = False,
-                title: str | None = None) -> Table:
+                title: str | None = None,
+                where: Callable[[dict[str, Any] | None], str] | None = None) -> Table:
+    """The task rows as a table; ``where`` formats a site (default: ``file:line`` with
+    the path relative to the current folder)."""
+    where = where or _where
     table = Table(title=title, show_lines=False, expand=False, box=None, pad_edge=False,
                   header_style="bold")
     table.add_column("id", style="bold", no_wrap=True)
@@ -1159,8 +1163,8 @@ def tasks_table(rows: Sequence[dict[str, Any]], *, awaiting: bool = False,
                  _t(format_seconds(row["age"])), _t(format_seconds(row["parked_for"])),
                  _t(_waiting(row))]
         if awaiting:
-            cells.append(_t(_where((row.get("awaiting") or {}).get("at"))))
-        cells.append(_t(_where(row["site"])))
+            cells.append(_t(where((row.get("awaiting") or {}).get("at"))))
+        cells.append(_t(where(row["site"])))
         table.add_row(*cells)
     return table
 

@@ -22,7 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from .._render import format_seconds, short_path
+from .._render import format_seconds
 from .._report import KINDS
 from .client import ConsoleClient, RemoteError, TargetError
 from .commands import blocked_line, tasks_table
@@ -58,6 +58,13 @@ def fetch(client: ConsoleClient, rows: int) -> TopState:
                     stalls=stalls, findings=findings, blocked=ps.blocked or stalls["blocked"])
 
 
+def _site(site: dict[str, Any] | None) -> str:
+    """A site as ``file.py:42``: a live view has no room for folders."""
+    if not site:
+        return "-"
+    return f"{os.path.basename(site['file'])}:{site['line']}"
+
+
 def _program(argv: list[str]) -> str:
     if not argv:
         return ""
@@ -86,7 +93,7 @@ def top_renderable(state: TopState, *, interval: float = 1.0) -> RenderableType:
         last = stalls["stalls"][-1]
         duration = (last.get("details") or {}).get("duration")
         site = last.get("site")
-        where = f" at {short_path(site['file'])}:{site['line']}" if site else ""
+        where = f" at {_site(site)}" if site else ""
         facts.append(f" (last {format_seconds(duration)}{where})")
     counts = state.findings.get("summary", {})
     if counts:
@@ -95,10 +102,12 @@ def top_renderable(state: TopState, *, interval: float = 1.0) -> RenderableType:
         facts.append(" · no findings")
     parts: list[RenderableType] = [head, facts]
     if state.blocked:
-        parts.append(Text(blocked_line(state.blocked), style="bold red"))
+        parts.append(Text(blocked_line({**state.blocked, "site": None}) + (
+            f" at {_site(state.blocked['site'])}" if state.blocked.get("site") else ""),
+            style="bold red"))
     rows = ps["tasks"]
     if rows:
-        parts.append(tasks_table(rows, awaiting=True))
+        parts.append(tasks_table(rows, awaiting=True, where=_site))
     else:
         parts.append(Text("no live tasks", style="dim"))
     more = f"{ps['more']} more tasks · " if ps["more"] else ""
