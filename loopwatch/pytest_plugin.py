@@ -92,6 +92,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "of what is not reported", type="linelist", default=[])
     parser.addini("loopwatch_grace", "loopwatch: seconds stragglers get to finish, retried "
                   "with backoff (default 0.1)", default="0.1")
+    parser.addini("loopwatch_track_origins", "loopwatch: record where each coroutine is "
+                  "created while tests run, so that a never-awaited one is reported at that "
+                  "line (default true)", type="bool", default=True)
     parser.addini("loopwatch_gc", "loopwatch: when to collect garbage so that lost "
                   "exceptions and never-awaited coroutines are found: 'test' (default), "
                   "'module' or 'off'", default="test")
@@ -193,6 +196,8 @@ class _Session:
         self.bases: set[str] = set()
         #: watchers of closed loops waiting for the module's end to be stopped
         self._closed: list[Watcher] = []
+        #: coroutine origin tracking while tests run
+        self.track_origins = True
         #: the test being checked now; ``quiet`` while an unwatched test runs
         self.current: _ItemCheck | None = None
         self.quiet = False
@@ -235,6 +240,7 @@ class _Session:
         state = cls(config, mode=mode, settings=settings, gc_mode=gc_mode,
                     report_path=config.getoption("loopwatch_report", None),
                     dump_after=dump_after)
+        state.track_origins = bool(config.getini("loopwatch_track_origins"))
         if dump_after is not None:
             # The terminal, as it is before any test output is captured.
             try:
@@ -255,7 +261,8 @@ class _Session:
             off.add("await_cycle")
         existing = getattr(loop, "_lw_watcher", None)
         watcher = watch_loop(loop, disabled=frozenset(off),
-                             watchdog=bool({"stall", "parked"} & self.wanted))
+                             watchdog=bool({"stall", "parked"} & self.wanted),
+                             track_origins=self.track_origins)
         if watcher.serial not in self.open and not watcher.closed:
             self.open[watcher.serial] = weakref.ref(watcher)
             self.bases.add(watcher.base)
@@ -467,7 +474,7 @@ class _ItemCheck:
         self.mode = mode
         self.check: LeakCheck | None = LeakCheck(
             settings, exempt=session.exempt, collect=session.garbage.collect)
-        self.origins = _OriginTracking(ORIGIN_DEPTH)
+        self.origins = _OriginTracking(ORIGIN_DEPTH if session.track_origins else 0)
         self.anyio: Any = None
         self.phase: dict[str, pytest.TestReport] = {}
         self.raised = False

@@ -573,6 +573,8 @@ GC_FILE = """
 
     async def test_last_of_module():
         gc.enable()
+        import sys
+        assert sys.get_coroutine_origin_tracking_depth() == ORIGIN_DEPTH
 """
 
 
@@ -584,9 +586,13 @@ GC_FILE = """
 def test_gc_modes(pytester: pytest.Pytester, mode: str, expected: dict[str, list[str]]) -> None:
     # What only the collector can find is found after the test (test), after the
     # module's last test (module), or not during the session (off).
-    r = run(pytester, {"test_gc": GC_FILE}, "--loopwatch", "-o", f"loopwatch_gc={mode}",
-            "-o", "loopwatch_checks=unretrieved_exception")
+    # Coroutine origin tracking is on while tests run, unless turned off (here with gc).
+    origins = "false" if mode == "off" else "true"
+    r = run(pytester, {"test_gc": GC_FILE.replace("ORIGIN_DEPTH", "0" if mode == "off" else "8")},
+            "--loopwatch", "-o", f"loopwatch_gc={mode}", "-o",
+            "loopwatch_checks=unretrieved_exception", "-o", f"loopwatch_track_origins={origins}")
     assert r.kinds == expected, r.text
+    assert "PASSED" in r.status["test_last_of_module"], r.text  # its own asserts held
 
 
 def test_off_unless_asked(pytester: pytest.Pytester) -> None:
