@@ -73,7 +73,7 @@ TEXT_PS_LIMIT = 50
 #: nodes a text ``tree`` shows when no ``--limit`` is given
 TEXT_TREE_LIMIT = 200
 #: width of text answers sent over the socket
-TEXT_WIDTH = 120
+TEXT_WIDTH = 140
 #: characters of an ``eval`` result sent back
 EVAL_REPR_LIMIT = 10_000
 #: waits that are the point of the task, never parked (as the parked detector sees it)
@@ -1132,10 +1132,11 @@ def _frames(items: Iterable[dict[str, Any]] | None) -> list[Frame]:
 
 
 def _waiting(row: dict[str, Any]) -> str:
+    """What a task waits on, short enough for a table column (``where`` says more)."""
     awaiting = row.get("awaiting")
     if awaiting:
-        return str(awaiting["what"]) + (f" {awaiting['detail']}" if awaiting.get("detail")
-                                        else "")
+        detail = awaiting.get("detail") or ""
+        return str(awaiting["what"]) + (f" {detail}" if detail and len(detail) <= 24 else "")
     waits = row.get("waits_on") or []
     return ("task " + ", ".join(waits)) if waits else ""
 
@@ -1155,9 +1156,10 @@ def tasks_table(rows: Sequence[dict[str, Any]], *, awaiting: bool = False,
     table.add_column("age", justify="right", no_wrap=True)
     table.add_column("parked", justify="right", no_wrap=True)
     table.add_column("waiting on", overflow="fold")
+    # Sites keep their line whole; names and coroutines fold when room is short.
     if awaiting:
-        table.add_column("awaits at", style="cyan", overflow="fold")
-    table.add_column("created at", style="cyan", overflow="fold")
+        table.add_column("awaits at", style="cyan", no_wrap=True)
+    table.add_column("created at", style="cyan", no_wrap=True)
     for row in rows:
         cells = [_t(row["id"]), _t(row["name"]), _t(row["coro"]), _t(row["state"]),
                  _t(format_seconds(row["age"])), _t(format_seconds(row["parked_for"])),
