@@ -134,6 +134,10 @@ class LoopwatchMonitor(_aiomonitor.Monitor):  # type: ignore[misc]
             port = kwargs.get(key, default)
             kwargs[key] = _free_port(host) if port == 0 else port
         self._lw_watcher: Watcher = attach(loop)
+        if loop.is_running() and self._lw_watcher.loop_thread is None:
+            # Attached from another thread while the loop runs: the loop-started hook
+            # (stall watchdog, heartbeat, periodic scans) must run on the loop's thread.
+            loop.call_soon_threadsafe(self._lw_watcher._loop_started)
         self._lw_error: BaseException | None = None
         super().__init__(loop, **kwargs)
         register_commands()

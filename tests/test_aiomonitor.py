@@ -609,6 +609,8 @@ def test_closing_the_monitor_on_an_attached_loop_keeps_loopwatch() -> None:
     lt = LoopThread(base_loop())
     try:
         m = lwa.start_monitor(lt.loop, port=0, webui_port=0, console_port=0)
+        lt.call(lambda: None)  # one turn of the loop: the loop-started hook ran there
+        assert m.watcher.loop_thread is lt.thread  # so the watchdog and heartbeat run
         factory = lt.loop.get_task_factory()
         assert getattr(factory, "__loopwatch__", False)
         m.close()
