@@ -37,33 +37,16 @@ async def producer(jobs: asyncio.Queue[int]) -> None:
         await jobs.put(n % 5)
         await asyncio.sleep(0.2)
         if n % 25 == 0:
-            time.sleep(0.3)  # a blocking call on the loop: a stall
+            time.sleep(0.3)  # noqa: ASYNC251  (a blocking call on the loop: a stall)
 
 
 async def main() -> None:
     jobs: asyncio.Queue[int] = asyncio.Queue()
-    async with asyncio.TaskGroup() if sys.version_info >= (3, 11) else _Group() as group:
-        for n in range(3):
-            group.create_task(worker(n, jobs), name=f"worker-{n}")
-        group.create_task(producer(jobs), name="producer")
-        group.create_task(wait_for_reply(asyncio.Event()), name="reply-waiter")
-        print(f"console at {loopwatch.watcher().console.address}", flush=True)
-
-
-class _Group:
-    """TaskGroup for Python 3.10: enough for this demo."""
-
-    def __init__(self) -> None:
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def create_task(self, coro: object, *, name: str) -> None:
-        self.tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
-
-    async def __aenter__(self) -> _Group:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*self.tasks)
+    tasks = [asyncio.create_task(worker(n, jobs), name=f"worker-{n}") for n in range(3)]
+    tasks.append(asyncio.create_task(producer(jobs), name="producer"))
+    tasks.append(asyncio.create_task(wait_for_reply(asyncio.Event()), name="reply-waiter"))
+    print(f"console at {loopwatch.watcher().console.address}", flush=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 if __name__ == "__main__":
