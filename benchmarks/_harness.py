@@ -105,7 +105,15 @@ class Figure:
     def value_text(self) -> str:
         if self.value is None:
             return "-"
-        return fmt_value(self.value, self.unit)
+        text = fmt_value(self.value, self.unit)
+        if self.unit == "x" and self.target is not None:
+            # 0.9695 is a miss against 0.97: show as many digits as it takes to see that
+            op, limit = self.target
+            digits = 2
+            while digits < 6 and _OPS[op](round(self.value, digits), limit) != self.met:
+                digits += 1
+            text = f"{self.value:.{digits}f}x"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return {

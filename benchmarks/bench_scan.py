@@ -127,15 +127,14 @@ async def ps_times(loop: asyncio.AbstractEventLoop, path: str,
 
 
 def scan_figures(base: str, name: str, what: str, wall: list[float], cpu: list[float],
-                 extra: str = "") -> list[Figure]:
+                 **details: Any) -> list[Figure]:
     """A scan's median wall time and median CPU time (of the loop thread: the scan's own
     work, without the waits for the CPU or the GIL that a busy machine adds)."""
     return [
         Figure(NAME, base, f"{name}, wall (median)", median(wall), "s", SCAN_TARGET,
-               samples=wall, note=f"{what}; worst of {len(wall)}: {max(wall):.3f} s{extra}",
-               details={"scan": what}),
+               samples=wall, note=what, details={"scan": what, "worst": max(wall), **details}),
         Figure(NAME, base, f"{name}, CPU (median)", median(cpu), "s", SCAN_TARGET,
-               samples=cpu, note=f"worst of {len(cpu)}: {max(cpu):.3f} s"),
+               samples=cpu, details={"worst": max(cpu)}),
     ]
 
 
@@ -206,7 +205,7 @@ def run(base: str, cfg: Config) -> list[Figure]:
         finally:
             close_loop(loop)
         figures += scan_figures(base, f"parked scan, all {n:,} past parked_after", what, times,
-                                cpu, f"; {found} findings")
+                                cpu, findings=found)
 
     figures.append(Figure(NAME, base, f"Watcher.tasks() over {n:,} tasks", tasks_time, "s"))
     name = f"ps --json over the console, {n:,} tasks (median)"
@@ -214,11 +213,10 @@ def run(base: str, cfg: Config) -> list[Figure]:
         figures.append(not_available(NAME, base, name, "s", ps_error, PS_TARGET))
     else:
         short = [c for c in listed if c < n]  # n parked tasks and the main one
-        note = f"worst of {len(ps_took)}: {max(ps_took):.3f} s"
-        if short:
-            note += f"; listed {short[0]:,} tasks, not {n:,}"
+        note = f"listed {short[0]:,} tasks, not {n:,}" if short else ""
         figures.append(Figure(NAME, base, name, median(ps_took), "s", PS_TARGET,
-                              samples=ps_took, note=note, details={"listed": listed}))
+                              samples=ps_took, note=note,
+                              details={"listed": listed, "worst": max(ps_took)}))
 
     # For scale: the least any reader of every task has to do.
     loop = bare_loop(base)

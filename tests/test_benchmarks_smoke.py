@@ -113,6 +113,10 @@ def test_verdicts_and_rotation() -> None:
     assert ratio.verdict == "met"
     echo = h.Figure("echo", "uvloop", "throughput", 0.96, "x", (">=", 0.97))
     assert echo.verdict == "MISSED" and echo.target_text() == ">= 0.97x"
+    echo.value = 0.9695  # a miss that two decimals would show as 0.97x
+    assert (echo.verdict, echo.value_text()) == ("MISSED", "0.9695x")
+    echo.value = 0.9712
+    assert (echo.verdict, echo.value_text()) == ("met", "0.97x")
     count = h.Figure("stall", "asyncio", "caught", 20, "of 20", ("==", 20))
     assert count.verdict == "met" and count.value_text() == "20/20"
     absent = h.not_available("scan", "asyncio", "ps", "s", "no console yet", ("<", 1.0))
