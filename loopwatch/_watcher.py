@@ -22,7 +22,7 @@ from ._report import Finding, Report, TaskRef
 if TYPE_CHECKING:
     from ._detectors import Detector
 
-__all__ = ["TaskInfo", "Watcher", "all_watchers", "task_ref"]
+__all__ = ["TaskInfo", "Watcher", "all_watchers", "recorded_waiter", "task_ref", "weak_waiter"]
 
 log = logging.getLogger("loopwatch")
 
@@ -326,7 +326,7 @@ class Watcher:
         waiter = getattr(task, "_fut_waiter", None)
         if waiter is None:
             return None
-        if getattr(task, "_lw_waiter", None) is not waiter:
+        if recorded_waiter(task) is not waiter:
             self.observe(task, time.monotonic() if now is None else now)
         since = getattr(task, "_lw_since", 0.0)
         if not since:
@@ -335,18 +335,21 @@ class Watcher:
 
     @staticmethod
     def observe(task: asyncio.Future[Any], now: float) -> None:
-        """Note the future ``task`` waits on now; a new future restarts its clock."""
+        """Note the future ``task`` waits on now; a new future restarts its clock.
+
+        The future is noted by weak reference (see :func:`recorded_waiter`): a task
+        that has moved on must not keep the future it waited on alive, nor the task
+        or gather it awaited, which would then outlive what the program dropped.
+        """
         waiter = getattr(task, "_fut_waiter", None)
         try:
-            if task._lw_waiter is not waiter:  # type: ignore[attr-defined]
-                task._lw_waiter = waiter  # type: ignore[attr-defined]
-                task._lw_since = now if waiter is not None else 0.0  # type: ignore[attr-defined]
+            if recorded_waiter(task) is waiter and (
+                    waiter is not None or getattr(task, "_lw_waiter", None) is None):
+                return
+            task._lw_waiter = weak_waiter(waiter)  # type: ignore[attr-defined]
+            task._lw_since = now if waiter is not None else 0.0  # type: ignore[attr-defined]
         except AttributeError:
-            try:
-                task._lw_waiter = waiter  # type: ignore[attr-defined]
-                task._lw_since = now  # type: ignore[attr-defined]
-            except AttributeError:
-                pass
+            pass
 
     def find_task(self, ident: str | int) -> asyncio.Future[Any]:
         """The live task with id ``T7`` / ``7`` or with that name.
@@ -428,6 +431,27 @@ class Watcher:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<loopwatch.Watcher {self.base} loop {state}, {len(self._findings)} findings>"
+
+
+_Ref = weakref.ReferenceType
+
+
+def weak_waiter(waiter: Any) -> Any:
+    """What ``_lw_waiter`` holds for ``waiter``: a weak reference when it takes one."""
+    if waiter is None:
+        return None
+    try:
+        return weakref.ref(waiter)
+    except TypeError:  # a future type without weak references: kept as it is
+        return waiter
+
+
+def recorded_waiter(task: asyncio.Future[Any]) -> Any:
+    """The future ``task`` was last seen waiting on (None when none, or when it is gone)."""
+    noted = getattr(task, "_lw_waiter", None)
+    if type(noted) is _Ref:
+        return noted()
+    return noted
 
 
 def _base_name(loop: asyncio.AbstractEventLoop) -> str:

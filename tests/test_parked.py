@@ -206,6 +206,34 @@ def test_parked_findings_stop_at_a_cap_and_the_rest_are_counted(
     loopwatch.run(main(), loop=BASE_LOOP, log=False)
 
 
+def test_the_scan_keeps_no_awaited_task_alive() -> None:
+    """The scan notes what each task waits on by weak reference: a task that awaited
+    another does not keep it alive once both have moved on."""
+    import gc
+    import weakref
+
+    async def main() -> None:
+        d = quiet(detector(loopwatch.watcher()))
+        ev = asyncio.Event()
+        awaited = asyncio.create_task(on_event(ev))
+
+        async def scanner() -> None:
+            await asyncio.sleep(0)  # main is awaiting `awaited` now
+            d.scan(time.monotonic())
+            ev.set()
+
+        helper = asyncio.create_task(scanner())
+        await awaited
+        await helper
+        ref = weakref.ref(awaited)
+        del awaited
+        await asyncio.sleep(0)
+        gc.collect()
+        assert ref() is None
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
 def test_the_scan_scales_linearly() -> None:
     """100,000 live tasks must scan fast (SPEC section 8, measured by the benchmarks);
     here only the shape is checked: 16 times the tasks take about 16 times as long (up to

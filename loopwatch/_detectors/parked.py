@@ -28,19 +28,20 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._awaits import Awaiting, describe, find_cycles
 from .._frames import Frame, format_raw, is_library, pick_site
 from .._records import task_id
 from .._report import Finding, TaskRef
+from .._watcher import weak_waiter
 from . import Detector
 
 if TYPE_CHECKING:
     from .._watcher import Watcher
 
-__all__ = ["ParkedDetector", "await_site", "hint_for", "live_tasks"]
+__all__ = ["ParkedDetector", "await_site", "hint_for", "task_refs"]
 
 _monotonic = time.monotonic
 
@@ -208,9 +209,11 @@ def _compiled_await(task: asyncio.Future[Any]) -> str:
 class _Picture:
     """One pass over the live tasks: who waits for whom, and who waited long."""
 
-    __slots__ = ("edges", "over", "by_id", "others")
+    __slots__ = ("edges", "over", "by_id", "others", "count")
 
     def __init__(self) -> None:
+        #: pending tasks of the loop read
+        self.count = 0
         #: task id -> ids of the tasks it waits for
         self.edges: dict[int, tuple[int, ...]] = {}
         #: tasks that have waited on one future since before the cutoff
@@ -222,72 +225,71 @@ class _Picture:
 
 
 # asyncio's registry of tasks (a WeakSet: 3.10 and 3.11 ``_all_tasks``, 3.12 and 3.13
-# ``_scheduled_tasks`` plus the ``_eager_tasks`` set). Reading it directly is three
-# times faster than ``asyncio.all_tasks(loop)``, which calls a Python function per
-# task; ``Watcher.live_tasks`` is the fallback wherever it is laid out otherwise.
-_REGISTRY: Any = getattr(asyncio.tasks, "_scheduled_tasks", None) or getattr(
-    asyncio.tasks, "_all_tasks", None)
+# ``_scheduled_tasks`` plus the ``_eager_tasks`` set). Reading its weak references is
+# three times faster than ``asyncio.all_tasks(loop)`` (a Python call per task), and
+# holds no task for longer than the scan looks at it; ``Watcher.live_tasks`` is the
+# fallback wherever the registry is laid out otherwise.
+_REGISTRY: Any = getattr(asyncio.tasks, "_scheduled_tasks", None)
+if _REGISTRY is None:  # not "or": an empty WeakSet is false
+    _REGISTRY = getattr(asyncio.tasks, "_all_tasks", None)
 _EAGER: Any = getattr(asyncio.tasks, "_eager_tasks", None)
 
 
-def live_tasks(watcher: Watcher) -> list[asyncio.Future[Any]]:
-    """The pending tasks of the watcher's loop, quickly (strong references: do not keep)."""
+def task_refs(watcher: Watcher) -> list[Callable[[], Any]]:
+    """Weak references to the tasks in asyncio's registry (any loop, done or not: the
+    scan filters them as it reads each one). Nothing here keeps a task alive for longer
+    than the scan looks at it, so a task the program drops is still collected on time."""
     data = getattr(_REGISTRY, "data", None)
-    if not isinstance(data, set):
-        return watcher.live_tasks()
-    loop = watcher.loop
-    for _ in range(10):
-        try:
-            refs = list(data)
-            eager = list(_EAGER) if isinstance(_EAGER, set) else []
-            break
-        except RuntimeError:  # changed size under another thread: read again
-            continue
-    else:
-        return watcher.live_tasks()
-    out: list[asyncio.Future[Any]] = []
-    append = out.append
-    for ref in refs:
-        t = ref()
-        if t is not None and getattr(t, "_loop", None) is loop and not t.done():
-            append(t)
-    for t in eager:
-        if getattr(t, "_loop", None) is loop and not t.done():
-            append(t)
-    return out
+    if isinstance(data, set):
+        for _ in range(10):
+            try:
+                refs: list[Callable[[], Any]] = list(data)
+                if isinstance(_EAGER, set):
+                    refs.extend(weakref.ref(t) for t in list(_EAGER))
+                return refs
+            except RuntimeError:  # changed size under another thread: read again
+                continue
+    return [weakref.ref(t) for t in watcher.live_tasks()]
 
 
-def _picture(tasks: list[asyncio.Future[Any]], now: float, cutoff: float,
-             cache: dict[type, int], *, others: bool = False) -> _Picture:
-    """The scan's single pass. Notes the future each task waits on (a new one restarts
-    its clock, as ``Watcher.observe`` does), so it must stay cheap: 100,000 tasks."""
+Ref = weakref.ReferenceType
+
+
+def _picture(refs: list[Callable[[], Any]], loop: asyncio.AbstractEventLoop, now: float,
+             cutoff: float, cache: dict[type, int], *, others: bool = False) -> _Picture:
+    """The scan's single pass over the pending tasks of ``loop``. Notes the future each
+    task waits on (a new one restarts its clock, as ``Watcher.observe`` does), so it must
+    stay cheap: 100,000 tasks."""
     pic = _Picture()
     edges = pic.edges
     over = pic.over
     by_id = pic.by_id
-    for t in tasks:
-        waiter = getattr(t, "_fut_waiter", None)
+    t: Any = None
+    count = 0
+    for ref in refs:
+        t = ref()
+        if t is None or getattr(t, "_loop", None) is not loop or t.done():
+            continue
+        count += 1
+        waiter: Any = getattr(t, "_fut_waiter", None)
         if waiter is None:
             try:
-                if t._lw_waiter is not None:  # type: ignore[attr-defined]
-                    t._lw_waiter = None  # type: ignore[attr-defined]
-                    t._lw_since = 0.0  # type: ignore[attr-defined]
+                if t._lw_waiter is not None:
+                    t._lw_waiter = None
+                    t._lw_since = 0.0
             except AttributeError:
                 pass
             continue
-        try:
-            if t._lw_waiter is waiter:  # type: ignore[attr-defined]
-                since = t._lw_since  # type: ignore[attr-defined]
-            else:
-                t._lw_waiter = waiter  # type: ignore[attr-defined]
-                t._lw_since = since = now  # type: ignore[attr-defined]
-        except AttributeError:
+        # As Watcher.observe: the waiter is noted by weak reference (weak_waiter)
+        noted: Any = getattr(t, "_lw_waiter", None)
+        if (noted() if type(noted) is Ref else noted) is waiter:
+            since = t._lw_since
+        else:
             try:
-                t._lw_waiter = waiter  # type: ignore[attr-defined]
-                t._lw_since = now  # type: ignore[attr-defined]
+                t._lw_waiter = weak_waiter(waiter)
+                t._lw_since = since = now
             except AttributeError:
                 continue  # a task type that takes no attributes: its clock is unknown
-            since = now
         kind = cache.get(type(waiter))
         if kind is None:
             kind = _classify(waiter, cache)
@@ -303,6 +305,8 @@ def _picture(tasks: list[asyncio.Future[Any]], now: float, cutoff: float,
             pic.others.append(t)
         if since and since <= cutoff:
             over.append(t)
+    del t
+    pic.count = count
     return pic
 
 
@@ -382,7 +386,7 @@ class ParkedDetector(Detector):
         now = _monotonic()
         found: list[Finding] = []
         with self._lock:
-            pic = _picture(live_tasks(w), now, now - self.parked_after, self._types,
+            pic = _picture(task_refs(w), w.loop, now, now - self.parked_after, self._types,
                            others=True)
             records: dict[tuple[int, float], _Parked] = {}
             extra = self._examine(pic, now, DESCRIBE_FINAL, records, {}, count=False)
@@ -423,10 +427,9 @@ class ParkedDetector(Detector):
         out: list[Finding] = []
         with self._lock:
             started = _monotonic()
-            tasks = live_tasks(w)
-            count = len(tasks)
-            pic = _picture(tasks, now, now - self.parked_after, self._types, others=True)
-            del tasks
+            pic = _picture(task_refs(w), w.loop, now, now - self.parked_after, self._types,
+                           others=True)
+            count = pic.count
             records: dict[tuple[int, float], _Parked] = {}
             skip: dict[tuple[int, float], tuple[int, ...]] = {}
             extra = self._examine(pic, now, DESCRIBE_FINAL if final else DESCRIBE_PER_SCAN,
