@@ -337,9 +337,9 @@ class Watcher:
     def observe(task: asyncio.Future[Any], now: float) -> None:
         """Note the future ``task`` waits on now; a new future restarts its clock.
 
-        The future is noted by weak reference (see :func:`recorded_waiter`): a task
-        that has moved on must not keep the future it waited on alive, nor the task
-        or gather it awaited, which would then outlive what the program dropped.
+        A task or gather waited on is noted by weak reference (see :func:`weak_waiter`):
+        a task that has moved on must not keep the task it awaited alive after the
+        program dropped it.
         """
         waiter = getattr(task, "_fut_waiter", None)
         try:
@@ -437,13 +437,17 @@ _Ref = weakref.ReferenceType
 
 
 def weak_waiter(waiter: Any) -> Any:
-    """What ``_lw_waiter`` holds for ``waiter``: a weak reference when it takes one."""
+    """What ``_lw_waiter`` holds for ``waiter``: a weak reference to a task or a gather
+    (they hold tasks, which must not outlive the wait); any other future as it is (a
+    done one holds only its result until the next look, and costs no memory here)."""
     if waiter is None:
         return None
-    try:
-        return weakref.ref(waiter)
-    except TypeError:  # a future type without weak references: kept as it is
-        return waiter
+    if isinstance(waiter, asyncio.Task) or type(waiter).__name__ == "_GatheringFuture":
+        try:
+            return weakref.ref(waiter)
+        except TypeError:  # a future type without weak references: kept as it is
+            return waiter
+    return waiter
 
 
 def recorded_waiter(task: asyncio.Future[Any]) -> Any:
