@@ -89,7 +89,10 @@ class _HistoryTask(WatchedTask):
             if name is None and _NAMES_ARE_CHEAP:
                 name = self.get_name()  # asyncio.create_task names tasks after creation
             self._lw_sink((self._lw_id, self._lw_stack, self._lw_created, self._lw_parent,
-                           name, state, self._coro,  # type: ignore[attr-defined]
+                           name, state,
+                           # the code, not the coroutine: an unfinished coroutine would
+                           # keep its locals alive and warn later about its own cleanup
+                           self._coro.cr_code,  # type: ignore[attr-defined]
                            _exc_text(exc) if exc is not None else ""))
         except Exception:  # never let loopwatch break a finalizer
             pass
@@ -248,7 +251,8 @@ def _foreign_done(sink: Callable[[tuple[Any, ...]], None]) -> Callable[[Any], No
     def done(task: Any) -> None:
         exc = None if task.cancelled() else task._exception
         sink((task._lw_id, task._lw_stack, task._lw_created, task._lw_parent, task.get_name(),
-              task._state, task.get_coro(), _exc_text(exc) if exc is not None else ""))
+              task._state, getattr(task.get_coro(), "cr_code", None),
+              _exc_text(exc) if exc is not None else ""))
 
     return done
 
@@ -324,6 +328,13 @@ def _coro_name(coro: Any) -> str:
     return f"{module}.{qualname}" if module else str(qualname)
 
 
+def code_name(code: Any) -> str:
+    """The qualified name of a coroutine's code object, with its module."""
+    qualname = getattr(code, "co_qualname", None) or getattr(code, "co_name", "?")
+    module = _module_of(code.co_filename) if hasattr(code, "co_filename") else None
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
 _module_cache: dict[str, str | None] = {}
 
 
@@ -354,7 +365,7 @@ def finished_from_raw(raw: tuple[Any, ...]) -> FinishedTask:
     else:
         outcome, detail = "result", ""
     return FinishedTask(id=n, name=name or f"T{n}",
-                        coro=coro_name(coro) if coro is not None else "",
+                        coro=code_name(coro) if coro is not None else "",
                         stack=stack, created=created, parent=parent, outcome=outcome,
                         detail=detail)
 
