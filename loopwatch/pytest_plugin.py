@@ -401,7 +401,10 @@ class _Session:
         boundary = nextitem is None or _module_of(nextitem) is not _module_of(ic.item)
         try:
             check = ic.check
-            if check is not None:
+            if check is not None and ic.guarded and ic.anyio is None and not boundary:
+                # Judged already, and nothing ran since: only what other threads did.
+                check.collect(garbage=False)
+            elif check is not None:
                 for watcher in self.open_watchers():
                     check.watch(watcher, subscribe_=False)
                 check.sweep()
