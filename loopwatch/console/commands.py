@@ -522,6 +522,8 @@ def _awaiting_dict(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -
 
 
 _Task = asyncio.Task
+_Future = asyncio.Future
+_Gathering: type = asyncio.tasks._GatheringFuture  # type: ignore[attr-defined]
 _quote = json.encoder.encode_basestring_ascii
 _NO_WAITS: tuple[int, ...] = ()
 
@@ -596,8 +598,11 @@ class _Scan:
     def __init__(self, ctx: Context) -> None:
         w = ctx.watcher
         now = time.monotonic()
-        site_cache: dict[tuple[int, int], tuple[Any, dict[str, Any] | None, str]] = {}
-        name_cache: dict[int, tuple[Any, str, str]] = {}
+        # (id of the innermost creation frame's code, its offset, id of the coroutine's
+        # code, parent) -> what those decide: the site, the coroutine's name, and the
+        # row's JSON from "coro" on. The objects are kept to notice a reused id.
+        cache: dict[tuple[int, int, int, int],
+                    tuple[Any, Any, dict[str, Any] | None, str, str]] = {}
         observe = w.observe
         self.tasks = tasks = w.live_tasks()
         self.numbers: list[int] = []
@@ -611,65 +616,56 @@ class _Scan:
         numbers, names, coros, sites = self.numbers, self.names, self.coros, self.sites
         parked_list, parents, waits_list, encoded = (self.parked, self.parents, self.waits,
                                                       self.encoded)
+        task: Any
         for task in tasks:
             raw = getattr(task, "_lw_stack", None) or ()
-            if raw:
-                key = (id(raw[0]), raw[1])
-                hit = site_cache.get(key)
-                if hit is None or hit[0] is not raw[0]:
-                    site_dict = _frame_dict(raw_site(raw))
-                    hit = (raw[0], site_dict, json.dumps(site_dict, separators=(",", ":")))
-                    site_cache[key] = hit
-                site, site_json = hit[1], hit[2]
-            else:
-                site, site_json = None, "null"
-            coro = task.get_coro() if hasattr(task, "get_coro") else None
+            coro = task.get_coro()
             code = getattr(coro, "cr_code", None)
-            if code is not None:
-                named = name_cache.get(id(code))
-                if named is None or named[0] is not code:
-                    text = coro_name(coro)
-                    named = (code, text, _quote(text))
-                    name_cache[id(code)] = named
-                coro_text, coro_json = named[1], named[2]
-            else:
+            parent = getattr(task, "_lw_parent", 0) or 0
+            first = raw[0] if raw else None
+            key = (id(first), raw[1] if raw else 0, id(code), parent)
+            hit = cache.get(key)
+            if hit is None or hit[0] is not first or hit[1] is not code or code is None:
+                site_dict = _frame_dict(raw_site(raw)) if raw else None
                 coro_text = coro_name(coro) if coro is not None else type(task).__name__
-                coro_json = _quote(coro_text)
+                parent_json = f'"T{parent}"' if parent else "null"
+                tail = (f'"coro":{_quote(coro_text)},"state":"pending","parent":{parent_json},'
+                        f'"site":{json.dumps(site_dict, separators=(",", ":"))}}}')
+                hit = (first, code, site_dict, coro_text, tail)
+                cache[key] = hit
             waiter = getattr(task, "_fut_waiter", None)
             parked: float | None = None
             waits = _NO_WAITS
+            waits_json = ""
             if waiter is not None:
                 if getattr(task, "_lw_waiter", None) is not waiter:
                     observe(task, now)
                 since = getattr(task, "_lw_since", 0.0)
                 if since:
                     parked = now - since if now > since else 0.0
-                if isinstance(waiter, _Task):
+                kind = type(waiter)
+                if kind is _Gathering:
+                    waits = tuple(task_id(c) for c in waiter._children
+                                  if isinstance(c, _Task) and not c.done())
+                    waits_json = ",".join([f'"T{n}"' for n in waits])
+                elif kind is not _Future and isinstance(waiter, _Task):
                     waits = (task_id(waiter),)
-                else:
-                    children = getattr(waiter, "_children", None)
-                    if children:
-                        waits = tuple(task_id(c) for c in children
-                                      if isinstance(c, _Task) and not c.done())
+                    waits_json = f'"T{waits[0]}"'
             created = getattr(task, "_lw_created", None)
-            parent = getattr(task, "_lw_parent", 0) or 0
-            number = task_id(task)
-            name = task.get_name() if hasattr(task, "get_name") else ""
+            number = getattr(task, "_lw_id", None) or task_id(task)
+            name = task.get_name()
             numbers.append(number)
             names.append(name)
-            coros.append(coro_text)
-            sites.append(site)
+            coros.append(hit[3])
+            sites.append(hit[2])
             parked_list.append(parked)
             parents.append(parent)
             waits_list.append(waits)
-            age = f"{now - created:.4f}" if created else "null"
-            parked_json = "null" if parked is None else f"{parked:.4f}"
-            parent_json = f'"T{parent}"' if parent else "null"
-            waits_json = ",".join([f'"T{n}"' for n in waits]) if waits else ""
             encoded.append(
-                f'{{"id":"T{number}","name":{_quote(name)},"coro":{coro_json},'
-                f'"state":"pending","age":{age},"parked_for":{parked_json},'
-                f'"parent":{parent_json},"site":{site_json},"waits_on":[{waits_json}]}}')
+                f'{{"id":"T{number}","name":{_quote(name)},'
+                f'"age":{"null" if created is None else f"{now - created:.4f}"},'
+                f'"parked_for":{"null" if parked is None else f"{parked:.4f}"},'
+                f'"waits_on":[{waits_json}],{hit[4]}')
 
     def __len__(self) -> int:
         return len(self.tasks)
