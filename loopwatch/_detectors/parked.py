@@ -12,7 +12,7 @@ is a few attribute reads per task; only the tasks that have waited longer than
   the waiting tasks listed as "awaited by". A task that resumes keeps its finding,
   with the time it waited.
 - **await_cycle**: tasks that wait on each other in a cycle, through ``await task``,
-  a gather or ``asyncio.wait``. Found on the scan (a cycle must be seen twice, so
+  a gather, ``asyncio.wait`` or ``wait_for``. Found on the scan (a cycle must be seen twice, so
   that a picture read while the loop runs cannot invent one) and, without that
   rule, when a runner's main coroutine returns: before the runner cancels, because
   CPython's ``Task.cancel`` on a cycle recurses into ``RecursionError``.
@@ -360,6 +360,7 @@ class ParkedDetector(Detector):
         self.listed = 0
         self.unlisted = 0
         self._unlisted_now = 0
+        self._shutting_down = False
         #: the last scan: (tasks read, seconds it took)
         self.last_scan: tuple[int, float] = (0, 0.0)
 
@@ -377,6 +378,7 @@ class ParkedDetector(Detector):
     def run_finished(self, fut: Any) -> None:
         # The loop is not running: the picture is exact, so a cycle needs no second look.
         self.scan(_monotonic(), final=True)
+        self._shutting_down = True  # what is cancelled from now on, the runner cancels
 
     def audit(self) -> list[Finding]:
         """Parked tasks and cycles as of now that have no finding yet (any thread)."""
@@ -617,7 +619,8 @@ class ParkedDetector(Detector):
             if not task.done():
                 return "then it moved on"
             if task.cancelled():
-                return "until it was cancelled"
+                return ("until the runner cancelled it at shutdown" if self._shutting_down
+                        else "until it was cancelled")
             return "then it finished"
         finally:
             del task
@@ -629,7 +632,8 @@ class ParkedDetector(Detector):
         for raw in reversed(list(self.watcher.history)):
             if raw and raw[0] == tid:
                 outcome = finished_from_raw(raw).outcome
-                return {"cancelled": "until it was cancelled",
+                return {"cancelled": ("until the runner cancelled it at shutdown"
+                                      if self._shutting_down else "until it was cancelled"),
                         "exception": "then it failed",
                         "destroyed": "until it was garbage-collected while pending"}.get(
                             outcome, "then it finished")
