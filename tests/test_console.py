@@ -8,6 +8,7 @@ whose answer marks the end (one connection answers its lines in order).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -990,3 +991,41 @@ def test_many_tasks_are_listed_in_full() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     assert seen["total"] == 5001 and len(seen["rows"]) == 5001
     assert {r["name"] for r in seen["rows"]} >= {"w0", "w4999"}
+
+
+def test_a_failure_inside_loopwatch_is_an_error_line(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    lag = C.COMMANDS["lag"]
+    monkeypatch.setitem(C.COMMANDS, "lag", dataclasses.replace(lag, render=boom))
+    monkeypatch.setitem(C.COMMANDS, "stalls", dataclasses.replace(C.COMMANDS["stalls"],
+                                                                   run=boom))
+    folder = short_dir()
+    address = f"unix:{os.path.join(folder, 'c.sock')}"
+    answers: list[Any] = []
+
+    async def main() -> None:
+        import asyncio
+
+        def talk() -> None:
+            with Conn(address) as conn:
+                answers.append(conn.text("lag"))
+                answers.append(conn.request("stalls"))
+                answers.append(conn.request("lag"))  # JSON needs no renderer
+                answers.append(conn.text("help quit"))
+
+        await asyncio.to_thread(talk)
+
+    try:
+        loopwatch.run(main(), loop=BASE_LOOP, console=address, log=False)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert answers[0] == "error: the console failed inside loopwatch: RuntimeError: boom\n"
+    assert answers[1]["ok"] is False
+    assert answers[1]["error"] == ("stalls failed inside loopwatch: RuntimeError: boom; the "
+                                   "console keeps running")
+    assert answers[2]["ok"] is True
+    assert answers[3].startswith("usage: quit")
+    assert any("the console failed to answer a request" in r.message for r in caplog.records)

@@ -519,6 +519,8 @@ class ConsoleServer:
                     return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, TimeoutError):
             pass
+        except Exception as exc:  # one client's trouble never takes the server down
+            log.warning("loopwatch: a console connection failed", exc_info=exc)
         finally:
             self._clients -= 1
             with anyio.CancelScope(shield=True):
@@ -544,6 +546,19 @@ class ConsoleServer:
 
 
 def _compute(ctx: Context, line: bytes) -> bytes:
+    """The answer to one line; a failure of loopwatch's own is an error line, never a
+    dead connection or server."""
+    try:
+        return _answer_line(ctx, line)
+    except Exception as exc:
+        log.warning("loopwatch: the console failed to answer a request", exc_info=exc)
+        reason = f"the console failed inside loopwatch: {type(exc).__name__}: {exc}"
+        if line.lstrip()[:1] == b"{":
+            return (json.dumps({"id": None, "ok": False, "error": reason}) + "\n").encode()
+        return f"error: {reason}\n".encode()
+
+
+def _answer_line(ctx: Context, line: bytes) -> bytes:
     text = line.decode("utf-8", "replace").replace("\x00", "").strip()
     if not text:
         return b""
