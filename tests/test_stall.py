@@ -107,11 +107,14 @@ def test_an_idle_loop_is_not_stalled() -> None:
 
     async def main() -> None:
         seen.append(loopwatch.watcher())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
 
     loopwatch.run(main(), loop=BASE_LOOP, stall_after=0.05, log=False)
-    assert stalls(seen[0]) == []
-    assert seen[0].lag()["samples"] >= 5
+    # Idle time is never a stall: were it counted, there would be one of about 0.5 s.
+    # (A busy machine may still starve the process for longer than 50 ms now and then:
+    # that is a real, short stall, so only long ones are ruled out here.)
+    assert [f for f in stalls(seen[0]) if f.details["duration"] > 0.3] == []
+    assert seen[0].lag()["samples"] >= 10
 
 
 def test_the_stall_is_seen_while_the_loop_is_still_blocked() -> None:
