@@ -28,14 +28,16 @@ it is torn down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
+import logging
 import os
 import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -58,6 +60,8 @@ from .testing import (
 )
 
 __all__ = ["LoopwatchWarning", "TestWatch"]
+
+log = logging.getLogger("loopwatch")
 
 MODES = ("error", "warn", "off")
 GC_MODES = ("test", "module", "off")
@@ -369,10 +373,15 @@ class _Session:
         ic = self.current
         if ic is None or ic.check is None:
             return
-        ic.check.watch(watcher, subscribe_=False)
-        ic.check.sweep(watcher)
-        # No garbage collection here: the test's own check, after the loop closed, does it.
-        ic.check.collect(garbage=False)
+        check = ic.check
+        what = "the check before the loop closed"
+        with ic.guard(what):
+            check.watch(watcher, subscribe_=False)
+            check.sweep(watcher)
+        with ic.guard(what):
+            # No garbage collection here: the test's own check, after the loop closed,
+            # does it.
+            check.collect(garbage=False)
 
     def anyio_lease(self, ic: _ItemCheck, backend: Any) -> None:
         """Hold anyio's shared test runner open for this test, and watch its loop."""
@@ -388,11 +397,12 @@ class _Session:
             return
         if name != "asyncio":
             return
-        lease = anyio_plugin.get_runner(name, options)
-        runner: Any = lease.__enter__()
-        ic.anyio = lease
-        watcher = self.attach(runner.get_loop())
-        ic.check.watch(watcher, subscribe_=False)
+        with ic.guard("holding anyio's test runner"):
+            lease = anyio_plugin.get_runner(name, options)
+            runner: Any = lease.__enter__()
+            ic.anyio = lease
+            watcher = self.attach(runner.get_loop())
+            ic.check.watch(watcher, subscribe_=False)
 
     # -- a test ends -------------------------------------------------------------
 
@@ -400,28 +410,8 @@ class _Session:
         """The very end of the teardown phase: judge what is left, release the loops."""
         boundary = nextitem is None or _module_of(nextitem) is not _module_of(ic.item)
         try:
-            check = ic.check
-            if check is not None and ic.guarded and ic.anyio is None and not boundary:
-                # Judged already, and nothing ran since: only what other threads did.
-                check.collect(garbage=False)
-            elif check is not None:
-                for watcher in self.open_watchers():
-                    check.watch(watcher, subscribe_=False)
-                check.sweep()
-                lease, ic.anyio = ic.anyio, None
-                if lease is not None:
-                    try:
-                        lease.__exit__(None, None, None)
-                    except Exception as exc:
-                        check.notes.append(f"anyio's test runner failed to close: "
-                                           f"{type(exc).__name__}: {exc}")
-                if boundary:
-                    self.garbage.boundary()
-                # After the test's own check, only a module's teardown or anyio's runner
-                # closing can have made more garbage.
-                late = not ic.guarded or lease is not None or boundary
-                check.collect(garbage=(self.gc_mode == "test" and late) or
-                              (self.gc_mode == "module" and boundary))
+            with ic.guard("the check at the end of the teardown"):
+                self._end_check(ic, boundary)
             ic.conclude(stage="end", raise_ok=raise_ok)
         finally:
             ic.finish()
@@ -431,6 +421,31 @@ class _Session:
             if self.current is ic:
                 self.current = None
             self.quiet = False
+
+    def _end_check(self, ic: _ItemCheck, boundary: bool) -> None:
+        check = ic.check
+        if check is not None and ic.guarded and ic.anyio is None and not boundary:
+            # Judged already, and nothing ran since: only what other threads did.
+            check.collect(garbage=False)
+        elif check is not None:
+            with ic.guard("the check at the end of the teardown"):
+                for watcher in self.open_watchers():
+                    check.watch(watcher, subscribe_=False)
+                check.sweep()
+            lease, ic.anyio = ic.anyio, None
+            if lease is not None:
+                try:
+                    lease.__exit__(None, None, None)
+                except Exception as exc:
+                    check.notes.append(f"anyio's test runner failed to close: "
+                                       f"{type(exc).__name__}: {exc}")
+            if boundary:
+                self.garbage.boundary()
+            # After the test's own check, only a module's teardown or anyio's runner
+            # closing can have made more garbage.
+            late = not ic.guarded or lease is not None or boundary
+            check.collect(garbage=(self.gc_mode == "test" and late) or
+                          (self.gc_mode == "module" and boundary))
 
     # -- the end of the session ---------------------------------------------------
 
@@ -552,11 +567,27 @@ class _ItemCheck:
             return
         state = self.session
         self.guarded = True
-        for watcher in state.open_watchers():
-            check.watch(watcher, subscribe_=False)
-        check.sweep()
-        check.collect(garbage=state.gc_mode == "test")
+        what = "the check at the end of the test"
+        with self.guard(what):
+            for watcher in state.open_watchers():
+                check.watch(watcher, subscribe_=False)
+        with self.guard(what):
+            check.sweep()
+        with self.guard(what):  # one part failing does not stop the others
+            check.collect(garbage=state.gc_mode == "test")
         self.conclude(stage="judge", raise_ok=True)
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """A failure inside loopwatch never fails the test: it is logged and noted."""
+        try:
+            yield
+        except Exception as exc:
+            log.warning("loopwatch: %s failed: %s: %s", what, type(exc).__name__, exc,
+                        exc_info=exc)
+            if self.check is not None:
+                self.check.notes.append(f"{what} failed inside loopwatch: "
+                                        f"{type(exc).__name__}: {exc}")
 
     def arm_dump(self, seconds: float) -> None:
         from ._dump import dump_later

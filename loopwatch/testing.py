@@ -424,12 +424,17 @@ class LeakCheck:
     async def sweep_running(self) -> None:
         """Judge the stragglers of the running loop, from inside it (asynchronous form)."""
         loop = asyncio.get_running_loop()
-        for state in list(self.loops.values()):
-            if state.watcher.loop is loop and self.candidates(state):
-                current = asyncio.current_task()
-                if current is not None:
-                    self.own.add(task_id(current))
-                await self._settle(state)
+        try:
+            for state in list(self.loops.values()):
+                if state.watcher.loop is loop and self.candidates(state):
+                    current = asyncio.current_task()
+                    if current is not None:
+                        self.own.add(task_id(current))
+                    await self._settle(state)
+        except Exception as exc:  # a bug in loopwatch is not the program's failure
+            log.warning("loopwatch: the straggler sweep failed: %s: %s",
+                        type(exc).__name__, exc, exc_info=exc)
+            self.notes.append(f"straggler sweep failed: {type(exc).__name__}: {exc}")
 
     async def _settle(self, state: _Loop) -> None:
         loop = state.watcher.loop

@@ -722,3 +722,33 @@ def test_dump_after_and_pytest_timeout(pytester: pytest.Pytester) -> None:
         assert r.status["test_hangs_until_timeout"] == {"FAILED"}
         assert text.count("Captured loopwatch dump call") == 2, text
         assert re.search(r"T\d+ 'hangs-forever'", text)
+
+
+def test_a_failure_inside_loopwatch_never_fails_a_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(conftest_broken="""
+        import loopwatch.testing
+
+        def broken(self, watcher=None):
+            raise RuntimeError("a bug in loopwatch")
+
+        loopwatch.testing.LeakCheck.sweep = broken
+    """)
+    r = run(pytester, {"test_broken": """
+        import asyncio
+        import pytest
+
+        pytest_plugins = ["conftest_broken"]
+
+        @pytest.mark.asyncio
+        async def test_leaks_while_loopwatch_is_broken():
+            asyncio.create_task(asyncio.Event().wait())
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_never_awaited_still_found():
+            asyncio.sleep(0)
+    """}, "--loopwatch", "-W", "ignore::RuntimeWarning")
+    assert r.status["test_leaks_while_loopwatch_is_broken"] == {"PASSED"}, r.text
+    assert r.kinds == {"test_never_awaited_still_found": ["never_awaited"]}, r.text
+    assert "the check at the end of the test failed inside loopwatch: RuntimeError: a bug " \
+           "in loopwatch" in " ".join(r.text.split())
