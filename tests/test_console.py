@@ -74,7 +74,8 @@ async def main():
     stuck = asyncio.create_task(forever(event), name="stuck")
     keep = [asyncio.create_task(parent(event), name="parent"),
             asyncio.create_task(asyncio.sleep(3600), name="sleeper")]
-    await asyncio.sleep(0)
+    for _ in range(3):  # every task has taken its first step (child is made by parent's)
+        await asyncio.sleep(0)
     ready()
     try:
         await stuck
