@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from ._frames import Frame, frame_of
+from ._records import task_id
 
 __all__ = [
     "Awaiting",
@@ -52,7 +53,7 @@ class Awaiting:
     @property
     def on_tasks(self) -> bool:
         """Only waiting for other tasks (the leaf they wait on is what matters)."""
-        return self.what in ("task", "gather", "asyncio.wait")
+        return self.what in ("task", "gather", "asyncio.wait", "task group")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +121,9 @@ _KNOWN: dict[tuple[str, str], str] = {
     ("asyncio.queues", "Queue.put"): "Queue.put",
     ("asyncio.queues", "Queue.join"): "Queue.join",
     ("asyncio.tasks", "sleep"): "sleep",
+    ("asyncio.taskgroups", "TaskGroup.__aexit__"): "task group",
+    ("asyncio.taskgroups", "TaskGroup._aexit"): "task group",
+    ("anyio._backends._asyncio", "TaskGroup.__aexit__"): "task group",
     ("asyncio.tasks", "wait"): "asyncio.wait",
     ("asyncio.tasks", "_wait"): "asyncio.wait",
     ("asyncio.tasks", "wait_for"): "wait_for",
@@ -200,8 +204,6 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
             what = kind
             known_frame = live
     if waiter is not None:
-        from ._records import task_id
-
         if wait_for_inner is not None and waiter is not wait_for_inner and (
                 isinstance(wait_for_inner, asyncio.Task)
                 or type(wait_for_inner).__name__ == "_GatheringFuture"):
@@ -227,6 +229,12 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
             waits = tuple(task_id(f) for f in fs if isinstance(f, asyncio.Task) and not f.done())
             detail = ", ".join(f"T{n}" for n in waits)
         timeout = timeout if timeout is not None else _number(known_frame, "timeout")
+    if what == "task group" and known_frame is not None:
+        group = _local(known_frame, "self")
+        members = getattr(group, "_tasks", None) or ()
+        waits = tuple(task_id(t) for t in list(members)
+                      if isinstance(t, asyncio.Task) and not t.done())
+        detail = ", ".join(f"T{n}" for n in waits)
     if what == "sleep" and known_frame is not None:
         handle = _local(known_frame, "h")
         when = getattr(handle, "when", None)
@@ -272,8 +280,6 @@ def _short(obj: Any) -> str:
 
 def waits_on(task: asyncio.Future[Any]) -> tuple[int, ...]:
     """The ids of tasks ``task`` waits for directly (cheap: no frame reading)."""
-    from ._records import task_id
-
     waiter = getattr(task, "_fut_waiter", None)
     if waiter is None:
         return ()

@@ -61,10 +61,9 @@ class WatchedTask(asyncio.Task):  # type: ignore[type-arg]
     _lw_since: float
 
 
-#: before 3.12 every task's name string exists from birth, and asyncio.create_task
-#: sets it after loop.create_task returns; from 3.12 names are made on demand and
-#: passed to loop.create_task
-_NAMES_ARE_CHEAP = sys.version_info < (3, 12)
+#: before 3.13 asyncio.create_task names a task after loop.create_task returns; from
+#: 3.13 it passes the name to loop.create_task (and unnamed tasks' names are lazy)
+_NAMES_ARE_CHEAP = sys.version_info < (3, 13)
 
 
 class _HistoryTask(WatchedTask):

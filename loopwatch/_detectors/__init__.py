@@ -87,15 +87,25 @@ DETECTORS: tuple[tuple[str, str], ...] = (
 )
 
 
+_detector_classes: list[type[Detector]] = []
+
+
+def _classes() -> list[type[Detector]]:
+    """The detector classes, imported once (a loop per test must not pay for imports)."""
+    if not _detector_classes:
+        import importlib
+
+        for module_name, class_name in DETECTORS:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            _detector_classes.append(getattr(module, class_name))
+    return _detector_classes
+
+
 def make_detectors(watcher: Watcher) -> list[Detector]:
     """One instance of every detector that has a kind still switched on."""
-    import importlib
-
     disabled = watcher.options.disabled
     detectors = []
-    for module_name, class_name in DETECTORS:
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        cls: type[Detector] = getattr(module, class_name)
+    for cls in _classes():
         if cls.kinds and set(cls.kinds) <= disabled:
             continue
         detectors.append(cls(watcher))
