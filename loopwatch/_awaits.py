@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from ._frames import Frame, frame_of
-from ._records import task_id
+from ._records import short_repr, task_id
 
 __all__ = [
     "Awaiting",
@@ -222,7 +222,7 @@ def describe(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop | None =
         elif not what:
             what = "executor job" if _is_executor_future(waiter) else "future"
             if what == "future":
-                detail = _short(waiter)
+                detail = short_repr(waiter)
     if what == "asyncio.wait" and known_frame is not None:
         fs = _local(known_frame, "fs")
         if fs:
@@ -268,14 +268,6 @@ def _number(frame: FrameType, name: str) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
-
-
-def _short(obj: Any) -> str:
-    try:
-        text = repr(obj)
-    except Exception:
-        text = f"<{type(obj).__name__}>"
-    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def waits_on(task: asyncio.Future[Any]) -> tuple[int, ...]:

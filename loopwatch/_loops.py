@@ -406,10 +406,6 @@ def _start_console(w: Watcher, address: str) -> None:
         w.notes.append(f"the console did not start: {exc}")
 
 
-def _resolve_base(loop: BaseSpec) -> Callable[[], asyncio.AbstractEventLoop] | str | None:
-    return loop
-
-
 def run(
     main: Coroutine[Any, Any, T],
     *,

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = [
     "FinishedTask",
     "WatchedTask",
-    "field",
     "make_task_factory",
     "record_existing",
     "task_id",
@@ -110,11 +109,6 @@ def task_class(sink: Callable[[tuple[Any, ...]], None] | None) -> type[WatchedTa
         return WatchedTask
     return type("WatchedTask", (_HistoryTask,), {"__slots__": (), "_lw_sink": sink,
                                                  "__module__": __name__})
-
-
-def field(task: asyncio.Future[Any], name: str, default: Any = None) -> Any:
-    """Read one record field of ``task`` (``default`` when it has none)."""
-    return getattr(task, name, default)
 
 
 def task_id(task: asyncio.Future[Any]) -> int:
@@ -369,11 +363,10 @@ def finished_from_raw(raw: tuple[Any, ...]) -> FinishedTask:
                         detail=detail)
 
 
-def _short_repr(value: Any) -> str:
+def short_repr(obj: Any, limit: int = 100) -> str:
+    """``repr(obj)`` cut to ``limit`` characters; a repr that raises gives the type name."""
     try:
-        text = repr(value)
+        text = repr(obj)
     except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."

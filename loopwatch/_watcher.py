@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _frames
@@ -464,7 +464,3 @@ def _base_name(loop: asyncio.AbstractEventLoop) -> str:
         if cls.__module__.startswith("uvloop"):
             return "uvloop"
     return "asyncio" if module.startswith(("asyncio", "loopwatch")) else module
-
-
-def iter_frames(frames: Iterable[Frame]) -> list[dict[str, Any]]:
-    return [f.to_dict() for f in frames]

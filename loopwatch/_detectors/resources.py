@@ -45,6 +45,7 @@ from types import FrameType
 from typing import Any
 
 from .._frames import Frame, RawStack, format_raw, is_library, pick_site
+from .._records import short_repr
 from .._report import Finding
 from .closed import (
     EventDetector,
@@ -487,14 +488,6 @@ def _settle() -> None:
     # else: somebody wrapped ours; it stays in their chain and passes straight through
 
 
-def _short(obj: Any) -> str:
-    try:
-        text = repr(obj)
-    except Exception:
-        text = f"<{type(obj).__name__}>"
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _class_site(cls: type) -> Frame | None:
     try:
         file = inspect.getsourcefile(cls)
@@ -600,7 +593,7 @@ class UnclosedResourceDetector(EventDetector):
             ref.key = id(obj)
             ref.raw = raw
             ref.method = method
-            ref.handles = tuple(_HEX.findall(_short(obj)))
+            ref.handles = tuple(_HEX.findall(short_repr(obj, 120)))
             self._opened[ref.key] = ref
         except Exception as exc:
             self.failed(exc)
@@ -660,7 +653,7 @@ class UnclosedResourceDetector(EventDetector):
                 found[id(obj)] = ("transport", obj)
         for kind, obj in found.values():
             self._reported_ids.add(id(obj))
-            text = _short(obj)
+            text = short_repr(obj, 120)
             self._reported_addrs.update(_HEX.findall(text))
             self._reported_addrs.update(f"fd={n}" for n in re.findall(r"\bfd=(\d+)", text))
             self.watcher.add_finding(self._finding(kind, obj, when="when the loop closed"))
@@ -697,7 +690,7 @@ class UnclosedResourceDetector(EventDetector):
         if kind == "server":
             what = f"server listening on {_server_addresses(obj)}"
         elif obj is not None:
-            what = f"transport {_short(obj)}"
+            what = f"transport {short_repr(obj, 120)}"
             peer = _extra(obj, "peername")
             if peer:
                 what += f" to {peer}"
@@ -712,7 +705,7 @@ class UnclosedResourceDetector(EventDetector):
             site=site,
             stacks=stacks,
             hint=UNCLOSED_HINT,
-            details={"resource": kind, "repr": _short(obj) if obj is not None else warned,
+            details={"resource": kind, "repr": short_repr(obj, 120) if obj is not None else warned,
                      "protocol": protocol, "opened_with": method,
                      "seen": seen},
             key=("unclosed_resource", id(obj)) if obj is not None else None,
@@ -761,7 +754,8 @@ class UnclosedResourceDetector(EventDetector):
         if obj is not None:
             finding = self._finding(kind, obj, when=when, stack=stack, seen="ResourceWarning")
             if kind == "socket":
-                finding.message = f"socket {_short(obj)} was never closed (ResourceWarning)"
+                finding.message = (f"socket {short_repr(obj, 120)} was never closed "
+                                   "(ResourceWarning)")
             self._reported_ids.add(id(obj))
         else:
             what = text[len("unclosed "):]
@@ -794,7 +788,7 @@ class UnclosedResourceDetector(EventDetector):
         if addrs:
             for ref in list(self._opened.values()):
                 obj = ref()
-                if obj is not None and addrs & set(_HEX.findall(_short(obj))):
+                if obj is not None and addrs & set(_HEX.findall(short_repr(obj, 120))):
                     return obj
         return None
 
