@@ -43,6 +43,7 @@ from .._render import (
     stack_renderable,
 )
 from .._report import KINDS, Finding, Report
+from .._watcher import recorded_waiter
 
 if TYPE_CHECKING:
     from .._watcher import Watcher
@@ -638,7 +639,7 @@ class _Scan:
             waits = _NO_WAITS
             waits_json = ""
             if waiter is not None:
-                if getattr(task, "_lw_waiter", None) is not waiter:
+                if recorded_waiter(task) is not waiter:  # tasks are noted by weak ref
                     observe(task, now)
                 since = getattr(task, "_lw_since", 0.0)
                 if since:
