@@ -12,32 +12,23 @@ import pytest
 import loopwatch
 from loopwatch._detectors.closed import CALL_INS, DroppedCallbackDetector, PostCloseDetector
 
+from ._sites import marked_line, new_loop, of_kind, site_checker
 from .conftest import BASE_LOOP
 
 
 def line_of(marker: str) -> int:
-    """The line of this file that ends with ``# L:<marker>``."""
-    with open(__file__) as f:
-        for number, text in enumerate(f, 1):
-            if text.rstrip().endswith(f"# L:{marker}"):
-                return number
-    raise LookupError(marker)
+    return marked_line(__file__, marker)
 
 
-def new_loop(**options: Any) -> asyncio.AbstractEventLoop:
-    options.setdefault("log", False)
-    return loopwatch.loop_factory(BASE_LOOP, **options)()
+assert_site = site_checker(__file__)
 
 
-def of_kind(w: loopwatch.Watcher, kind: str) -> list[loopwatch.Finding]:
-    return [f for f in w.findings() if f.kind == kind]
 
 
-def assert_site(finding: loopwatch.Finding, function: str, marker: str) -> None:
-    assert finding.site is not None, finding
-    assert finding.site.file == __file__, finding.site
-    assert finding.site.function.endswith(function), finding.site
-    assert finding.site.line == line_of(marker), (finding.site, finding.message)
+
+
+
+
 
 
 def nothing() -> None:

@@ -13,34 +13,24 @@ import pytest
 import loopwatch
 from loopwatch._detectors.lost import UnretrievedExceptionDetector
 
-from .conftest import BASE_LOOP
+from ._sites import marked_line, new_loop, of_kind, site_checker
+
+
+def line_of(marker: str) -> int:
+    return marked_line(__file__, marker)
+
+
+assert_site = site_checker(__file__)
 
 UNAWAITED = "ignore:coroutine .* was never awaited:RuntimeWarning"
 
 
-def line_of(marker: str) -> int:
-    """The line of this file that ends with ``# L:<marker>``."""
-    with open(__file__) as f:
-        for number, text in enumerate(f, 1):
-            if text.rstrip().endswith(f"# L:{marker}"):
-                return number
-    raise LookupError(marker)
 
 
-def new_loop(**options: Any) -> asyncio.AbstractEventLoop:
-    options.setdefault("log", False)
-    return loopwatch.loop_factory(BASE_LOOP, **options)()
 
 
-def of_kind(w: loopwatch.Watcher, kind: str) -> list[loopwatch.Finding]:
-    return [f for f in w.findings() if f.kind == kind]
 
 
-def assert_site(site: loopwatch.Frame | None, function: str, marker: str) -> None:
-    assert site is not None
-    assert site.file == __file__, site
-    assert site.function.endswith(function), site
-    assert site.line == line_of(marker), site
 
 
 def run_on_new_loop(main: Any, **options: Any) -> loopwatch.Watcher:
