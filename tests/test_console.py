@@ -1032,3 +1032,47 @@ def test_a_failure_inside_loopwatch_is_an_error_line(monkeypatch: pytest.MonkeyP
     assert answers[2]["ok"] is True
     assert answers[3].startswith("usage: quit")
     assert any("the console failed to answer a request" in r.message for r in caplog.records)
+
+
+def test_ps_gives_each_task_made_through_plumbing_its_own_site() -> None:
+    """Tasks started through anyio's start_soon share their innermost creation frame
+    (anyio's own); each one's site is still the program's line that started it, the
+    same as ``where`` says."""
+    import anyio
+
+    folder = short_dir()
+    path = os.path.join(folder, "c.sock")
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        import asyncio
+
+        async def sleeper() -> None:
+            await anyio.sleep_forever()
+
+        def start_a(tg: anyio.abc.TaskGroup) -> None:
+            tg.start_soon(sleeper, name="from-a")  # line a
+
+        def start_b(tg: anyio.abc.TaskGroup) -> None:
+            tg.start_soon(sleeper, name="from-b")  # line b
+
+        async with anyio.create_task_group() as tg:
+            start_a(tg)
+            start_b(tg)
+            with ConsoleClient(f"unix:{path}") as client:
+                rows = (await asyncio.to_thread(client.request, "ps")).result["tasks"]
+                seen["ps"] = {r["name"]: r["site"] for r in rows}
+                for name in ("from-a", "from-b"):
+                    where = await asyncio.to_thread(client.request, "where", {"task": name})
+                    seen[name] = where.result["site"]
+            tg.cancel_scope.cancel()
+
+    try:
+        loopwatch.run(main(), loop=BASE_LOOP, console=f"unix:{path}", log=False)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    source = Path(__file__).read_text().splitlines()
+    for name, mark in (("from-a", "# line a"), ("from-b", "# line b")):
+        site = seen["ps"][name]
+        assert site == seen[name]
+        assert site["file"] == __file__ and mark in source[site["line"] - 1]

@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import difflib
+import functools
 import json
 import linecache
 import math
+import operator
 import os
 import shlex
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +36,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from .._awaits import describe, find_cycles, waits_on
-from .._frames import Frame, frame_of, pick_site, raw_site
+from .._detectors.parked import task_refs
+from .._frames import Frame, RawStack, frame_of, is_library, pick_site, raw_site
 from .._records import coro_name, task_id
 from .._render import (
     format_seconds,
@@ -43,7 +47,6 @@ from .._render import (
     stack_renderable,
 )
 from .._report import KINDS, Finding, Report
-from .._watcher import recorded_waiter
 
 if TYPE_CHECKING:
     from .._watcher import Watcher
@@ -524,8 +527,9 @@ def _awaiting_dict(task: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -
 
 _Task = asyncio.Task
 _Future = asyncio.Future
-_Gathering: type = asyncio.tasks._GatheringFuture  # type: ignore[attr-defined]
+_Gathering: Any = asyncio.tasks._GatheringFuture  # type: ignore[attr-defined]
 _quote = json.encoder.encode_basestring_ascii
+_Ref = weakref.ReferenceType
 _NO_WAITS: tuple[int, ...] = ()
 
 
@@ -587,101 +591,128 @@ def to_json(obj: Any) -> str:
 
 
 class _Scan:
-    """One pass over every live task: what ``ps``, ``tree``, ``where`` and ``cancel``
-    need, in parallel lists (index ``i`` is one task), each row encoded once.
+    """One pass over every live task: what ``ps``, ``tree``, ``where``, ``parked`` and
+    ``cancel`` need, in parallel lists (index ``i`` is one task), each row encoded once.
 
     Read straight from the task records, like ``Watcher.info(awaiting=False,
-    stack=False)`` without building a ``TaskInfo``; creation sites and coroutine names
-    are cached for the pass (100,000 tasks usually come from a few places). Holds
-    strong references: it lives for one request only.
+    stack=False)`` without building a ``TaskInfo``. What the creation site, the
+    coroutine and the parent decide (the site's frame, the coroutine's name, and the
+    row's JSON from ``"coro"`` on) is worked out once per distinct triple: 100,000
+    tasks usually come from a few places. Per task: one call reads the whole record,
+    one dict lookup finds the shared part, one f-string makes the row, and nothing the
+    garbage collector tracks is made (100,000 tuples would start a full collection,
+    over every task in the process). Holds strong references, so the ids used as
+    keys cannot be reused during the pass: it lives for one request only.
     """
 
     def __init__(self, ctx: Context) -> None:
         w = ctx.watcher
+        loop = w.loop
         now = time.monotonic()
-        # (id of the innermost creation frame's code, its offset, id of the coroutine's
-        # code, parent) -> what those decide: the site, the coroutine's name, and the
-        # row's JSON from "coro" on. The objects are kept to notice a reused id.
-        cache: dict[tuple[int, int, int, int],
-                    tuple[Any, Any, dict[str, Any] | None, str, str]] = {}
         observe = w.observe
-        self.tasks = tasks = w.live_tasks()
+        by_frame: dict[tuple[int, int, int, int], _Shared] = {}
+        self.tasks: list[Any] = []
         self.numbers: list[int] = []
         self.names: list[str] = []
-        self.coros: list[str] = []
-        self.sites: list[dict[str, Any] | None] = []
         self.parked: list[float | None] = []
-        self.parents: list[int] = []
         self.waits: list[tuple[int, ...]] = []
+        self.shared: list[_Shared] = []
         self.encoded: list[str] = []
-        numbers, names, coros, sites = self.numbers, self.names, self.coros, self.sites
-        parked_list, parents, waits_list, encoded = (self.parked, self.parents, self.waits,
-                                                      self.encoded)
-        task: Any
-        for task in tasks:
-            raw = getattr(task, "_lw_stack", None) or ()
-            coro = task.get_coro()
+        add_task, add_number, add_name, add_parked, add_waits, add_shared, add_row = (
+            self.tasks.append, self.numbers.append, self.names.append, self.parked.append,
+            self.waits.append, self.shared.append, self.encoded.append)
+        quote = _quote
+        task: Any = None
+        for ref in task_refs(w):
+            task = ref()
+            if task is None:
+                continue
+            try:
+                tloop, state, number, raw, created, parent, waiter, coro = _record(task)
+            except AttributeError:  # no record, or not a C/asyncio task: read it slowly
+                if getattr(task, "_loop", None) is not loop or task.done():
+                    continue
+                number = task_id(task)
+                raw = getattr(task, "_lw_stack", None) or ()
+                created = getattr(task, "_lw_created", None)
+                parent = getattr(task, "_lw_parent", 0) or 0
+                waiter = getattr(task, "_fut_waiter", None)
+                get_coro = getattr(task, "get_coro", None)
+                coro = get_coro() if get_coro is not None else None
+            else:
+                if tloop is not loop or state != "PENDING":
+                    continue
             code = getattr(coro, "cr_code", None)
-            parent = getattr(task, "_lw_parent", 0) or 0
-            first = raw[0] if raw else None
-            key = (id(first), raw[1] if raw else 0, id(code), parent)
-            hit = cache.get(key)
-            if hit is None or hit[0] is not first or hit[1] is not code or code is None:
-                site_dict = _frame_dict(raw_site(raw)) if raw else None
-                coro_text = coro_name(coro) if coro is not None else type(task).__name__
-                parent_json = f'"T{parent}"' if parent else "null"
-                tail = (f'"coro":{_quote(coro_text)},"state":"pending","parent":{parent_json},'
-                        f'"site":{json.dumps(site_dict, separators=(",", ":"))}}}')
-                hit = (first, code, site_dict, coro_text, tail)
-                cache[key] = hit
-            waiter = getattr(task, "_fut_waiter", None)
-            parked: float | None = None
-            waits = _NO_WAITS
-            waits_json = ""
-            if waiter is not None:
-                if recorded_waiter(task) is not waiter:  # tasks are noted by weak ref
-                    observe(task, now)
+            key = (id(raw[0]), raw[1], id(code), parent) if raw else (0, 0, id(code), parent)
+            shared = by_frame.get(key)
+            if shared is None or code is None:
+                shared = by_frame[key] = _Shared.of(raw, coro, parent, task)
+            if shared.further:  # made through plumbing: the site is further out
+                shared = shared.further(raw)
+            if waiter is None:
+                parked = None
+                parked_json = "null"
+                waits = _NO_WAITS
+                waits_json = ""
+            else:
+                noted = getattr(task, "_lw_waiter", None)
+                if noted is not waiter and (type(noted) is not _Ref or noted() is not waiter):
+                    observe(task, now)  # tasks and gathers are noted by weak reference
                 since = getattr(task, "_lw_since", 0.0)
                 if since:
                     parked = now - since if now > since else 0.0
-                kind = type(waiter)
-                if kind is _Gathering:
-                    waits = tuple(task_id(c) for c in waiter._children
-                                  if isinstance(c, _Task) and not c.done())
-                    waits_json = ",".join([f'"T{n}"' for n in waits])
-                elif kind is not _Future and isinstance(waiter, _Task):
-                    waits = (task_id(waiter),)
-                    waits_json = f'"T{waits[0]}"'
-            created = getattr(task, "_lw_created", None)
-            number = getattr(task, "_lw_id", None) or task_id(task)
+                    parked_json = f"{parked:.4f}"
+                else:
+                    parked = None
+                    parked_json = "null"
+                if type(waiter) is _Future:
+                    waits = _NO_WAITS
+                    waits_json = ""
+                else:
+                    waits, waits_json = _waits(waiter)
             name = task.get_name()
-            numbers.append(number)
-            names.append(name)
-            coros.append(hit[3])
-            sites.append(hit[2])
-            parked_list.append(parked)
-            parents.append(parent)
-            waits_list.append(waits)
-            encoded.append(
-                f'{{"id":"T{number}","name":{_quote(name)},'
-                f'"age":{"null" if created is None else f"{now - created:.4f}"},'
-                f'"parked_for":{"null" if parked is None else f"{parked:.4f}"},'
-                f'"waits_on":[{waits_json}],{hit[4]}')
+            add_task(task)
+            add_number(number)
+            add_name(name)
+            add_parked(parked)
+            add_waits(waits)
+            add_shared(shared)
+            add_row(f'{{"id":"T{number}","name":{quote(name)},"age":'
+                    f'{"null" if created is None else f"{now - created:.4f}"},'
+                    f'"parked_for":{parked_json},"waits_on":[{waits_json}],{shared.tail}')
+        del task
 
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def oldest_first(self) -> list[int]:
+    @functools.cached_property
+    def order(self) -> list[int]:
         return sorted(range(len(self.numbers)), key=self.numbers.__getitem__)
+
+    def oldest_first(self) -> list[int]:
+        return list(self.order)
+
+    @functools.cached_property
+    def coros(self) -> list[str]:
+        return [s.coro for s in self.shared]
+
+    @functools.cached_property
+    def sites(self) -> list[dict[str, Any] | None]:
+        return [s.site_dict for s in self.shared]
+
+    @functools.cached_property
+    def parents(self) -> list[int]:
+        return [s.parent for s in self.shared]
 
     def matches(self, i: int, needle: str) -> bool:
         """Whether ``needle`` (lower case) is in the task's id, name, coroutine or site."""
+        shared = self.shared[i]
         if (needle in f"t{self.numbers[i]}" or needle in self.names[i].lower()
-                or needle in self.coros[i].lower()):
+                or needle in shared.coro.lower()):
             return True
-        site = self.sites[i]
-        return site is not None and (needle in f"{site['file']}:{site['line']}".lower()
-                                     or needle in site["function"].lower())
+        site = shared.site
+        return site is not None and (needle in f"{site.file}:{site.line}".lower()
+                                     or needle in site.function.lower())
 
     def index_of(self, number: int) -> int | None:
         try:
@@ -701,16 +732,79 @@ class _Scan:
         """The encoded rows of ``order``, with ``extra`` fields added to some."""
         encoded = self.encoded
         if not extra:
-            return Rows([encoded[i] for i in order])
+            return Rows(list(map(encoded.__getitem__, order)))
         out = []
         for i in order:
+            text = encoded[i]
             more = extra.get(i)
-            if more:
-                text = encoded[i]
-                out.append(text[:-1] + "," + to_json(more)[1:])
-            else:
-                out.append(encoded[i])
+            out.append(text[:-1] + "," + to_json(more)[1:] if more else text)
         return Rows(out)
+
+
+#: a watched task's record, its loop, state, wait and coroutine, in one call
+_record = operator.attrgetter("_loop", "_state", "_lw_id", "_lw_stack", "_lw_created",
+                              "_lw_parent", "_fut_waiter", "_coro")
+
+
+def _waits(waiter: Any) -> tuple[tuple[int, ...], str]:
+    """The tasks a task waits on through ``waiter`` (a task or a gather), and as JSON."""
+    if type(waiter) is _Gathering:
+        waits = tuple(task_id(c) for c in waiter._children
+                      if isinstance(c, _Task) and not c.done())
+    elif isinstance(waiter, _Task):
+        waits = (task_id(waiter),)
+    else:
+        return _NO_WAITS, ""
+    return waits, ",".join([f'"T{n}"' for n in waits])
+
+
+class _Shared:
+    """What a creation site, a coroutine and a parent decide: most of a task's row."""
+
+    __slots__ = ("coro", "further", "parent", "site", "site_dict", "tail")
+
+    site: Frame | None
+    site_dict: dict[str, Any] | None
+    coro: str
+    parent: int
+    #: the row's JSON from "coro" on
+    tail: str
+    #: None when the innermost creation frame decides the site (it is the program's
+    #: own); else, for tasks made through plumbing (anyio's ``start_soon``, say), the
+    #: function that finds each task's own site further out
+    further: Callable[[RawStack], _Shared] | None
+
+    @classmethod
+    def of(cls, raw: RawStack, coro: Any, parent: int, task: Any) -> _Shared:
+        """For the tasks whose innermost creation frame is ``raw``'s."""
+        coro_text = coro_name(coro) if coro is not None else type(task).__name__
+        if not raw:
+            return cls(None, coro_text, parent)
+        innermost = raw_site(raw[:2])
+        if innermost is not None and not is_library(innermost.file):
+            return cls(innermost, coro_text, parent)
+        shared = cls(innermost, coro_text, parent)
+        by_site: dict[int, _Shared] = {}
+
+        def further(raw: RawStack) -> _Shared:
+            site = raw_site(raw)
+            hit = by_site.get(id(site))
+            if hit is None:
+                hit = by_site[id(site)] = cls(site, coro_text, parent)
+            return hit
+
+        shared.further = further
+        return shared
+
+    def __init__(self, site: Frame | None, coro: str, parent: int) -> None:
+        self.site = site
+        self.site_dict = site.to_dict() if site is not None else None
+        self.coro = coro
+        self.parent = parent
+        self.further = None
+        parent_json = f'"T{parent}"' if parent else "null"
+        self.tail = (f'"coro":{_quote(coro)},"state":"pending","parent":{parent_json},'
+                     f'"site":{json.dumps(self.site_dict, separators=(",", ":"))}}}')
 
 
 def _is_parked(ctx: Context, task: asyncio.Future[Any], parked_for: float | None,
