@@ -1076,3 +1076,24 @@ def test_ps_gives_each_task_made_through_plumbing_its_own_site() -> None:
         site = seen["ps"][name]
         assert site == seen[name]
         assert site["file"] == __file__ and mark in source[site["line"] - 1]
+
+
+def test_a_json_line_is_sent_in_pieces_that_make_the_whole_line() -> None:
+    rows = C.Rows([json.dumps({"id": f"T{i}", "name": f"w{i}"}) for i in range(10_000)])
+    few = C.Rows(['{"id":"T1"}'])
+    response = {"id": 7, "ok": True, "result": {"tasks": rows, "more": few, "n": 1.5}}
+    pieces = list(C.json_line(response))
+    assert len(pieces) == -(-10_000 // C.PIECE_ROWS) + 1  # the rows' pieces, the rest
+    line = b"".join(pieces)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert line[:-1].decode() == C.to_json(response)
+    decoded = json.loads(line)
+    assert [r["id"] for r in decoded["result"]["tasks"]] == [f"T{i}" for i in range(10_000)]
+    assert decoded["result"]["more"] == [{"id": "T1"}] and decoded["result"]["n"] == 1.5
+    assert list(decoded) == ["id", "ok", "result"]
+    assert list(C.json_line({"id": 1, "ok": False, "error": "x"})) == \
+        [b'{"id":1,"ok":false,"error":"x"}\n']
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError):  # before any piece is made
+        C.json_line({"id": 1, "ok": True, "rows": rows, "result": cycle})

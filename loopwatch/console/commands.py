@@ -64,6 +64,7 @@ __all__ = [
     "blocked_state",
     "check_args",
     "find_command",
+    "json_line",
     "parse_argv",
     "render",
     "render_text_answer",
@@ -449,12 +450,17 @@ def _parse_line(line: str) -> tuple[Command | None, dict[str, Any]]:
 
 
 def run_json(ctx: Context, request: Any) -> dict[str, Any]:
-    """Answer one JSON request ``{"id", "cmd", "args"}``: the response object."""
+    """Answer one JSON request ``{"id", "cmd", "args"}``: the response object.
+
+    Its keys come in the order ``id``, ``ok``, ``blocked`` (when the loop is blocked),
+    then ``result`` or ``error``: last, so that a client that only passes the result on
+    (``loopwatch ps --json``) can cut it out of the line without parsing it.
+    """
     ctx.text = False
+    ctx.blocked = None
     ident = request.get("id") if isinstance(request, dict) else None
     if not isinstance(ident, (str, int, float, type(None))) or isinstance(ident, bool):
         ident = None
-    response: dict[str, Any] = {"id": ident}
     try:
         if not isinstance(request, dict):
             raise UsageError('a JSON request must be an object: {"id": 1, "cmd": "ps", '
@@ -471,13 +477,16 @@ def run_json(ctx: Context, request: Any) -> dict[str, Any]:
         args = check_args(command, request.get("args"))
         ctx.blocked = blocked_state(ctx.watcher)
         data = _invoke(ctx, command, args)
-        response["ok"] = True
-        response["result"] = data
     except (UsageError, CommandError) as exc:
-        response["ok"] = False
+        response: dict[str, Any] = {"id": ident, "ok": False}
+        if ctx.blocked:
+            response["blocked"] = ctx.blocked
         response["error"] = str(exc)
+        return response
+    response = {"id": ident, "ok": True}
     if ctx.blocked:
         response["blocked"] = ctx.blocked
+    response["result"] = data
     return response
 
 
@@ -565,9 +574,9 @@ class Rows:
         return f"<Rows of {len(self.encoded)} tasks>"
 
 
-def to_json(obj: Any) -> str:
-    """JSON text of a command's data (or a whole response), with :class:`Rows` spliced
-    in as arrays. One line: no newline is ever in it."""
+def _dumps(obj: Any) -> tuple[list[str], list[Rows]]:
+    """Compact JSON text of ``obj`` cut where its :class:`Rows` go, and those rows:
+    ``parts[k]`` starts with ``k-1"`` where ``spliced[k-1]`` goes (``k >= 1``)."""
     spliced: list[Rows] = []
     token = f"\x00lwrows{os.getpid()}x{id(spliced)}\x00"
 
@@ -579,15 +588,50 @@ def to_json(obj: Any) -> str:
 
     text = json.dumps(obj, separators=(",", ":"), default=hook)
     if not spliced:
-        return text
-    quoted = json.dumps(token)[:-1]
-    parts = text.split(quoted)
+        return [text], spliced
+    return text.split(json.dumps(token)[:-1]), spliced
+
+
+def to_json(obj: Any) -> str:
+    """JSON text of a command's data (or a whole response), with :class:`Rows` spliced
+    in as arrays. One line: no newline is ever in it."""
+    parts, spliced = _dumps(obj)
     out = [parts[0]]
     for part in parts[1:]:
         index, _, rest = part.partition('"')
         out.append("[" + ",".join(spliced[int(index)].encoded) + "]")
         out.append(rest)
     return "".join(out)
+
+
+#: rows encoded into one piece of a JSON line (about 1 MB of ``ps`` rows)
+PIECE_ROWS = 4096
+
+
+def json_line(obj: Any) -> Iterator[bytes]:
+    """The JSON line of ``obj`` (a whole response), newline included, in pieces to send
+    one after the other: the rows of a big answer (100,000 ``ps`` rows are 20 MB) are
+    encoded a few thousand at a time, never copied into one string. Everything but the
+    rows is encoded before this returns, so an object JSON cannot encode (NaN, a
+    cycle) raises ``ValueError`` here, not halfway through the line."""
+    parts, spliced = _dumps(obj)
+    return _pieces(parts, spliced)
+
+
+def _pieces(parts: list[str], spliced: list[Rows]) -> Iterator[bytes]:
+    head = parts[0]
+    for part in parts[1:]:
+        index, _, rest = part.partition('"')
+        rows = spliced[int(index)].encoded
+        if len(rows) <= PIECE_ROWS:
+            head += "[" + ",".join(rows) + "]"
+        else:
+            yield (head + "[" + ",".join(rows[:PIECE_ROWS])).encode()
+            for start in range(PIECE_ROWS, len(rows), PIECE_ROWS):
+                yield ("," + ",".join(rows[start:start + PIECE_ROWS])).encode()
+            head = "]"
+        head += rest
+    yield (head + "\n").encode()
 
 
 class _Scan:

@@ -26,13 +26,14 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
 from .._exceptions import ConsoleError
-from .commands import Context, SessionState, run_json, run_text, to_json
+from .commands import Context, SessionState, json_line, run_json, run_text
 
 if TYPE_CHECKING:
     from .._watcher import Watcher
@@ -490,9 +491,12 @@ class ConsoleServer:
         with anyio.CancelScope(shield=True):
             await _close(stream)
 
-    async def _send(self, stream: anyio.abc.SocketStream, data: bytes) -> None:
+    async def _send(self, stream: anyio.abc.SocketStream, pieces: Iterable[bytes]) -> None:
+        """Send one answer, piece by piece (a big JSON line is never one string)."""
         with anyio.fail_after(SEND_TIMEOUT):
-            await stream.send(data)
+            for piece in pieces:
+                if piece:
+                    await stream.send(piece)
 
     async def _serve_client(self, stream: anyio.abc.SocketStream) -> None:
         client = _Client(self)
@@ -505,14 +509,14 @@ class ConsoleServer:
                     except anyio.EndOfStream:
                         chunk = b""
                 if idle.cancelled_caught:
-                    await self._send(stream, f"closing: no request for {self.idle_timeout:g} s "
-                                             "(console_idle_timeout)\n".encode())
+                    await self._send(stream, [f"closing: no request for "
+                                              f"{self.idle_timeout:g} s "
+                                              "(console_idle_timeout)\n".encode()])
                     return
                 lines = client.reader.feed(chunk) if chunk else client.reader.rest()
                 for line in lines:
                     reply, close = await self._answer(client, line)
-                    if reply:
-                        await self._send(stream, reply)
+                    await self._send(stream, reply)
                     if close:
                         return
                 if not chunk:  # the client closed its side: answered, now done
@@ -526,9 +530,9 @@ class ConsoleServer:
             with anyio.CancelScope(shield=True):
                 await _close(stream)
 
-    async def _answer(self, client: _Client, line: Any) -> tuple[bytes, bool]:
+    async def _answer(self, client: _Client, line: Any) -> tuple[Iterable[bytes], bool]:
         if isinstance(line, tuple):
-            return _too_long(line[1]), False
+            return [_too_long(line[1])], False
         async with self._busy:
             wait = self._quiet_until - time.monotonic()
             if wait > 0:
@@ -545,23 +549,23 @@ class ConsoleServer:
         return reply, client.ctx.close
 
 
-def _compute(ctx: Context, line: bytes) -> bytes:
-    """The answer to one line; a failure of loopwatch's own is an error line, never a
-    dead connection or server."""
+def _compute(ctx: Context, line: bytes) -> Iterable[bytes]:
+    """The answer to one line, in pieces to send in turn; a failure of loopwatch's own
+    is an error line, never a dead connection or server."""
     try:
         return _answer_line(ctx, line)
     except Exception as exc:
         log.warning("loopwatch: the console failed to answer a request", exc_info=exc)
         reason = f"the console failed inside loopwatch: {type(exc).__name__}: {exc}"
         if line.lstrip()[:1] == b"{":
-            return (json.dumps({"id": None, "ok": False, "error": reason}) + "\n").encode()
-        return f"error: {reason}\n".encode()
+            return [(json.dumps({"id": None, "ok": False, "error": reason}) + "\n").encode()]
+        return [f"error: {reason}\n".encode()]
 
 
-def _answer_line(ctx: Context, line: bytes) -> bytes:
+def _answer_line(ctx: Context, line: bytes) -> Iterable[bytes]:
     text = line.decode("utf-8", "replace").replace("\x00", "").strip()
     if not text:
-        return b""
+        return []
     if text.startswith("{"):
         try:
             request = json.loads(text)
@@ -573,12 +577,12 @@ def _answer_line(ctx: Context, line: bytes) -> bytes:
         else:
             response = run_json(ctx, request)
         try:
-            encoded = to_json(response)
+            return json_line(response)
         except ValueError as exc:  # NaN and friends, or a cycle: never a dead connection
-            encoded = json.dumps({"id": response.get("id"), "ok": False,
-                                  "error": f"the answer could not be encoded as JSON: {exc}"})
-        return encoded.encode() + b"\n"
-    return run_text(ctx, text).encode("utf-8", "replace")
+            return [(json.dumps({"id": response.get("id"), "ok": False,
+                                 "error": f"the answer could not be encoded as JSON: {exc}"})
+                     + "\n").encode()]
+    return [run_text(ctx, text).encode("utf-8", "replace")]
 
 
 async def _close(stream: anyio.abc.SocketStream) -> None:
