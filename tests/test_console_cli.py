@@ -180,3 +180,82 @@ def test_tab_completion(program: Callable[..., Program]) -> None:
         assert completer.candidates("lag ", "") == []
         assert completer.complete("tr", 0) == "tree "
         assert completer.complete("tr", 1) is None
+
+
+def canned_console(reply: bytes) -> tuple[str, Callable[[], None]]:
+    """A socket that answers every request line with ``reply`` (which has ``"id":1``:
+    the request's id goes there), as a console would: its address, and a function
+    that stops it."""
+    folder = short_dir()
+    path = os.path.join(folder, "c.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as f:
+                for request in f:
+                    ident = json.loads(request)["id"]
+                    conn.sendall(reply.replace(b'{"id":1,', b'{"id":%d,' % ident, 1))
+
+    import threading
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        listener.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    return f"unix:{path}", stop
+
+
+BLOCKED = {"seconds": 2.5, "site": {"file": "/app/x.py", "line": 7, "function": "f"}}
+RESULT = {"tasks": [{"id": "T1", "name": 'a "result": name,"result":{'}], "total": 1}
+
+
+@pytest.mark.parametrize("layout", ["result last", "blocked last", "not blocked"])
+def test_json_one_shot_passes_the_result_on_as_sent(layout: str) -> None:
+    """``loopwatch ps TARGET --json`` into a pipe writes the console's result text as
+    it came, unparsed; a line laid out otherwise (an older console that put "blocked"
+    after the result) is parsed and written whole."""
+    if layout == "result last":
+        response = {"id": 1, "ok": True, "blocked": BLOCKED, "result": RESULT}
+    elif layout == "blocked last":
+        response = {"id": 1, "ok": True, "result": RESULT, "blocked": BLOCKED}
+    else:
+        response = {"id": 1, "ok": True, "result": RESULT}
+    line = json.dumps(response, separators=(",", ":")).encode() + b"\n"
+    target, stop = canned_console(line)
+    try:
+        with ConsoleClient(target) as client:
+            reply = client.request("ps", raw=True)
+            parsed = client.request("ps")
+        result = lw("ps", target, "--json")
+    finally:
+        stop()
+    assert parsed.result == RESULT
+    if layout == "blocked last":
+        assert reply.raw is None and reply.result == RESULT
+    else:
+        assert reply.raw == json.dumps(RESULT, separators=(",", ":")).encode()
+    assert reply.blocked == parsed.blocked == (None if layout == "not blocked" else BLOCKED)
+    assert result.returncode == 0 and json.loads(result.stdout) == RESULT
+    assert result.stdout.count("\n") == 1
+    assert ("loop blocked for 2.5 s" in result.stderr) == (layout != "not blocked")
+
+
+def test_a_refusal_is_never_passed_on_as_a_result() -> None:
+    line = b'{"id":1,"ok":false,"error":"no live task \'T9\'; \\"result\\":1"}\n'
+    target, stop = canned_console(line)
+    try:
+        result = lw("where", target, "T9", "--json")
+    finally:
+        stop()
+    assert result.returncode == 1 and result.stdout == ""
+    assert "no live task 'T9'" in result.stderr
