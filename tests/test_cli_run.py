@@ -659,7 +659,9 @@ def test_console_is_on_by_default(tmp_path: Path, console: str, own: bool) -> No
         assert ps.returncode != 0
         return
     assert ps.returncode == 0, ps.stderr
-    assert "waiting-worker" in ps.stdout
+    names = {row["coro"]: row["name"] for row in json.loads(ps.stdout)["tasks"]}
+    assert names["__main__.forever"] == "waiting-worker"
+    assert names["__main__.main"] == "Task-1"  # the console's own tasks took no number
 
 
 @pytest.mark.parametrize("how", ["--dump-on-signal", "--dump-after"])

@@ -1097,3 +1097,55 @@ def test_a_json_line_is_sent_in_pieces_that_make_the_whole_line() -> None:
     cycle.append(cycle)
     with pytest.raises(ValueError):  # before any piece is made
         C.json_line({"id": 1, "ok": True, "rows": rows, "result": cycle})
+
+
+def next_task_number() -> int:
+    """N of the ``Task-N`` name asyncio gives the next task made without a name (the
+    count is one for the whole process); makes one such task to find out."""
+    import asyncio
+
+    async def name() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        return task.get_name()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return int(loop.run_until_complete(name()).removeprefix("Task-")) + 1
+    finally:
+        loop.close()
+
+
+def test_the_console_takes_none_of_the_programs_task_names() -> None:
+    """asyncio numbers unnamed tasks once for the whole process: the console's own
+    tasks (its runner's main task, the shutdown steps) must not take a number, or the
+    program's main task is ``Task-2``. The same program, with and without a console
+    that answers a request, numbers its tasks alike and uses as many numbers."""
+    folder = short_dir()
+    path = os.path.join(folder, "c.sock")
+
+    def run(console: bool) -> tuple[list[int], int]:
+        numbers: list[int] = []
+
+        async def main() -> None:
+            import asyncio
+
+            task = asyncio.current_task()
+            assert task is not None
+            numbers.append(int(task.get_name().removeprefix("Task-")))
+            if console:
+                with ConsoleClient(f"unix:{path}") as client:
+                    await asyncio.to_thread(client.request, "ps")
+            numbers.append(int(asyncio.create_task(asyncio.sleep(0)).get_name()[5:]))
+
+        first = next_task_number()
+        loopwatch.run(main(), loop=BASE_LOOP, console=f"unix:{path}" if console else None,
+                      log=False)
+        return [n - first for n in numbers], next_task_number() - first
+
+    try:
+        with_console = run(console=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert with_console == run(console=False)
+    assert with_console[0] == [0, 1]

@@ -595,8 +595,21 @@ async def _close(stream: anyio.abc.SocketStream) -> None:
 
 def _plain_loop() -> asyncio.AbstractEventLoop:
     """A plain asyncio loop, whatever policy the program installed: the console's own
-    loop is never watched."""
-    return asyncio.SelectorEventLoop()
+    loop is never watched. Every task on it has a name of its own (see
+    :func:`_named_task`)."""
+    loop = asyncio.SelectorEventLoop()
+    loop.set_task_factory(_named_task)
+    return loop
+
+
+def _named_task(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+    """The console loop's task factory: a task made without a name (the runner's main
+    task, its shutdown steps) is named ``loopwatch-console ...``. Unnamed, it would take
+    the next of asyncio's ``Task-N`` names, counted once for the whole process, and the
+    program's own first task would be ``Task-2``."""
+    if kwargs.get("name") is None:
+        kwargs["name"] = f"loopwatch-console {getattr(coro, '__qualname__', 'task')}"
+    return asyncio.Task(coro, loop=loop, **kwargs)
 
 
 def start_console(watcher: Watcher, address: str | None = "auto") -> ConsoleServer:
