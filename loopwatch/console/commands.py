@@ -20,7 +20,6 @@ import functools
 import json
 import linecache
 import math
-import operator
 import os
 import shlex
 import sys
@@ -642,9 +641,10 @@ class _Scan:
     stack=False)`` without building a ``TaskInfo``. What the creation site, the
     coroutine and the parent decide (the site's frame, the coroutine's name, and the
     row's JSON from ``"coro"`` on) is worked out once per distinct triple: 100,000
-    tasks usually come from a few places. Per task: one call reads the whole record,
-    one dict lookup finds the shared part, one f-string makes the row, and nothing the
-    garbage collector tracks is made (100,000 tuples would start a full collection,
+    tasks usually come from a few places. Per task: plain attribute reads (the
+    interpreter specializes them for the task's class; ``getattr`` calls cost several
+    times more), one dict lookup for the shared part, one f-string for the row, and
+    nothing the garbage collector tracks (100,000 tuples would start a full collection,
     over every task in the process). Holds strong references, so the ids used as
     keys cannot be reused during the pass: it lives for one request only.
     """
@@ -672,7 +672,14 @@ class _Scan:
             if task is None:
                 continue
             try:
-                tloop, state, number, raw, created, parent, waiter, coro = _record(task)
+                if task._loop is not loop or task._state != "PENDING":
+                    continue
+                number = task._lw_id
+                raw = task._lw_stack
+                created = task._lw_created
+                parent = task._lw_parent
+                waiter = task._fut_waiter
+                coro = task._coro
             except AttributeError:  # no record, or not a C/asyncio task: read it slowly
                 if getattr(task, "_loop", None) is not loop or task.done():
                     continue
@@ -683,9 +690,6 @@ class _Scan:
                 waiter = getattr(task, "_fut_waiter", None)
                 get_coro = getattr(task, "get_coro", None)
                 coro = get_coro() if get_coro is not None else None
-            else:
-                if tloop is not loop or state != "PENDING":
-                    continue
             code = getattr(coro, "cr_code", None)
             key = (id(raw[0]), raw[1], id(code), parent) if raw else (0, 0, id(code), parent)
             shared = by_frame.get(key)
@@ -699,10 +703,14 @@ class _Scan:
                 waits = _NO_WAITS
                 waits_json = ""
             else:
-                noted = getattr(task, "_lw_waiter", None)
+                try:
+                    noted = task._lw_waiter
+                    since = task._lw_since
+                except AttributeError:  # not looked at yet
+                    noted = since = None
                 if noted is not waiter and (type(noted) is not _Ref or noted() is not waiter):
                     observe(task, now)  # tasks and gathers are noted by weak reference
-                since = getattr(task, "_lw_since", 0.0)
+                    since = getattr(task, "_lw_since", 0.0)
                 if since:
                     parked = now - since if now > since else 0.0
                     parked_json = f"{parked:.4f}"
@@ -783,11 +791,6 @@ class _Scan:
             more = extra.get(i)
             out.append(text[:-1] + "," + to_json(more)[1:] if more else text)
         return Rows(out)
-
-
-#: a watched task's record, its loop, state, wait and coroutine, in one call
-_record = operator.attrgetter("_loop", "_state", "_lw_id", "_lw_stack", "_lw_created",
-                              "_lw_parent", "_fut_waiter", "_coro")
 
 
 def _waits(waiter: Any) -> tuple[tuple[int, ...], str]:
