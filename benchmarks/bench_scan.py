@@ -10,9 +10,14 @@ options, plus an idle console on a Unix socket. Then, timed:
   ``parked_after=0.05``): the scan then also reads await chains and makes findings;
 - ``Watcher.tasks()``: every task as a ``TaskInfo``;
 - ``ps`` as a JSON request over the console (``{"cmd": "ps"}``, what ``loopwatch ps
-  PID --json`` sends), from another thread while the loop runs, until the whole reply
-  is read and decoded; three requests (two when they take over 3 s), with a pause
-  after each for the console's cool-down;
+  PID --json`` sends) by a client in a process of its own, as a user's client is, from
+  connecting until the whole reply is read and decoded with ``json.loads``, while the
+  loop runs; three requests (two when they take over 3 s), with a pause after each for
+  the console's cool-down. (A client thread inside the watched process would pay for
+  what no user's client does: its decoding shares the GIL with the watchdog's scans
+  and every garbage collection walks the 100,000 tasks);
+- the whole ``loopwatch ps TARGET --json`` command into a pipe, from starting the
+  process (the interpreter's start and imports included) until it exits;
 - for scale, ``asyncio.all_tasks()`` on the bare loop.
 """
 
@@ -22,6 +27,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,6 +102,35 @@ def ps_json(path: str, timeout: float = 60.0) -> tuple[float, int]:
     return elapsed, len(rows) if isinstance(rows, list) else -1
 
 
+#: runs ps_json in a fresh interpreter: prints the seconds and the tasks listed
+_CLIENT = ("import sys; sys.path.insert(0, sys.argv[1]); from bench_scan import ps_json; "
+           "print(*ps_json(sys.argv[2]))")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def ps_json_in_child(path: str) -> tuple[float, int]:
+    """``ps_json`` run by a client process of its own (its start is not timed)."""
+    done = subprocess.run([sys.executable, "-c", _CLIENT, _HERE, path], capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise RuntimeError(f"the client failed: {lines[-1]}")
+    took, count = done.stdout.split()
+    return float(took), int(count)
+
+
+def ps_command(path: str) -> tuple[float, int]:
+    """``loopwatch ps unix:PATH --json`` into a pipe, from start to exit: seconds, tasks
+    listed."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "loopwatch", "ps", f"unix:{path}", "--json"],
+                          capture_output=True, timeout=120)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"loopwatch ps failed: {done.stderr.decode(errors='replace')}")
+    return elapsed, len(json.loads(done.stdout)["tasks"])
+
+
 async def scan_times(scan: Callable[[], Any], rounds: int) -> tuple[list[float], list[float]]:
     """Wall seconds of each scan, and the loop thread's CPU seconds of each."""
     wall, cpu = [], []
@@ -107,17 +142,18 @@ async def scan_times(scan: Callable[[], Any], rounds: int) -> tuple[list[float],
     return wall, cpu
 
 
-async def ps_times(loop: asyncio.AbstractEventLoop, path: str,
-                   rounds: int) -> tuple[list[float], list[int], str]:
-    """``ps`` requests from another thread while the loop runs: seconds, tasks listed,
-    and the error that stopped them (or "")."""
+async def ps_times(loop: asyncio.AbstractEventLoop, path: str, rounds: int,
+                   ask: Callable[[str], tuple[float, int]] = ps_json_in_child,
+                   ) -> tuple[list[float], list[int], str]:
+    """``ps`` requests made by ``ask`` while the loop runs: seconds, tasks listed, and
+    the error that stopped them (or "")."""
     took_all: list[float] = []
     listed: list[int] = []
     for i in range(rounds):
         if i == 2 and min(took_all) > 3.0:
             break  # slow enough that a third one says nothing new
         try:
-            took, count = await loop.run_in_executor(None, ps_json, path)
+            took, count = await loop.run_in_executor(None, ask, path)
         except Exception as exc:
             return took_all, listed, f"{type(exc).__name__}: {exc}"
         took_all.append(took)
@@ -150,6 +186,16 @@ def console_loop(base: str, path: str) -> tuple[asyncio.AbstractEventLoop, str]:
                                     f"{type(exc).__name__}: {exc}")
 
 
+def ps_figure(base: str, name: str, n: int, took: list[float], listed: list[int],
+              error: str, target: tuple[str, float] | None) -> Figure:
+    if error:
+        return not_available(NAME, base, name, "s", error, target)
+    short = [c for c in listed if c < n]  # n parked tasks and the main one
+    note = f"listed {short[0]:,} tasks, not {n:,}" if short else ""
+    return Figure(NAME, base, name, median(took), "s", target, samples=took, note=note,
+                  details={"listed": listed, "worst": max(took)})
+
+
 def run(base: str, cfg: Config) -> list[Figure]:
     import loopwatch
 
@@ -166,17 +212,21 @@ def run(base: str, cfg: Config) -> list[Figure]:
             watcher = loopwatch.watcher(loop)
             what, scan = parked_scan(watcher)
 
-            async def main() -> tuple[tuple[list[float], list[float]], float,
-                                      tuple[list[float], list[int], str]]:
+            Asked = tuple[list[float], list[int], str]
+
+            async def main() -> tuple[tuple[list[float], list[float]], float, Asked, Asked]:
                 event, tasks = await park(n)
                 scanned = await scan_times(scan, rounds)
                 tasks_time = timed(watcher.tasks)
-                ps = ([], [], console_note) if console_note else \
-                    await ps_times(loop, path, cfg.pick_rounds(3, 1))
+                ps: Asked = ([], [], console_note)
+                command: Asked = ([], [], console_note)
+                if not console_note:
+                    ps = await ps_times(loop, path, cfg.pick_rounds(3, 1))
+                    command = await ps_times(loop, path, cfg.pick_rounds(3, 1), ps_command)
                 await release(event, tasks)
-                return scanned, tasks_time, ps
+                return scanned, tasks_time, ps, command
 
-            (times, cpu), tasks_time, (ps_took, listed, ps_error) = \
+            (times, cpu), tasks_time, (ps_took, listed, ps_error), command = \
                 loop.run_until_complete(main())
         finally:
             close_loop(loop)
@@ -208,15 +258,10 @@ def run(base: str, cfg: Config) -> list[Figure]:
                                 cpu, findings=found)
 
     figures.append(Figure(NAME, base, f"Watcher.tasks() over {n:,} tasks", tasks_time, "s"))
-    name = f"ps --json over the console, {n:,} tasks (median)"
-    if ps_error:
-        figures.append(not_available(NAME, base, name, "s", ps_error, PS_TARGET))
-    else:
-        short = [c for c in listed if c < n]  # n parked tasks and the main one
-        note = f"listed {short[0]:,} tasks, not {n:,}" if short else ""
-        figures.append(Figure(NAME, base, name, median(ps_took), "s", PS_TARGET,
-                              samples=ps_took, note=note,
-                              details={"listed": listed, "worst": max(ps_took)}))
+    figures.append(ps_figure(base, f"ps --json over the console, {n:,} tasks (median)", n,
+                             ps_took, listed, ps_error, PS_TARGET))
+    figures.append(ps_figure(base, f"loopwatch ps TARGET --json, whole command, {n:,} tasks "
+                             "(median)", n, *command, None))
 
     # For scale: the least any reader of every task has to do.
     loop = bare_loop(base)
