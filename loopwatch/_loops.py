@@ -59,6 +59,109 @@ def _called_by_runner() -> bool:
     return filename.endswith(_RUNNER_FILES)
 
 
+def _no_frame() -> None:
+    pass
+
+
+def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., Any],
+                                                                Callable[[], None]]:
+    """The watched loop's ``create_task`` for the common case, and the function that
+    lets go of the frame it remembers.
+
+    It records the task itself rather than through the task factory (one Python call
+    less for every task), and keeps its state in closure cells rather than attributes
+    of the loop, which Python cannot look up quickly on a subclass of a C loop class.
+    It is set as an attribute of the loop, and taken away when the loop needs the base
+    loop's own path (see ``_lw_choose_path``).
+    """
+    last_frame: Any = None
+    last_lasti = -1
+    last_stack: tuple[Any, ...] = ()
+    ids = _ids
+    current_task = _current_task
+    monotonic = _monotonic
+    getframe = _getframe
+    modname = _modname
+    stop = _STOP
+    create_task_code = _tasks_create_task
+
+    def forget_frame() -> None:
+        nonlocal last_frame
+        last_frame = None
+
+    def capture(f: Any, parent: Any) -> tuple[Any, ...]:
+        nonlocal last_frame, last_lasti, last_stack
+        first = f
+        # The creating task's own coroutine frame is the top of the stack: going past
+        # it would only reach (and materialize) the loop's frames.
+        top = getattr(parent._coro, "cr_frame", None) if parent is not None else None
+        out: list[Any] = []
+        n = depth
+        while f is not None and n:
+            code = f.f_code
+            if code is stop:
+                break
+            out.append(code)
+            out.append(f.f_lasti)
+            if f is top:
+                break
+            f = f.f_back
+            n -= 1
+        stack = tuple(out)
+        if last_frame is None:
+            # The frame is let go at the next turn of the loop, so that what its locals
+            # hold (a task the program dropped, say) is released as if loopwatch were
+            # not there; within one callback, a batch of tasks shares one capture.
+            loop.call_soon(forget_frame)
+        last_frame, last_lasti, last_stack = first, first.f_lasti, stack
+        return stack
+
+    def create_task(coro: Any, *, name: str | None = None, context: Any = None,
+                    **kwargs: Any) -> asyncio.Task[Any]:
+        if kwargs:  # eager_start and the like: the base loop's path
+            return loop.__class__.create_task(  # type: ignore[no-any-return]
+                loop, coro, name=name, context=context, **kwargs)
+        task: Any
+        if context is None:
+            task = task_class(coro, loop=loop, name=name)
+        else:
+            task = task_class(coro, loop=loop, name=name, context=context)
+        task._lw_id = next(ids)
+        task._lw_name = name
+        parent: Any = current_task(loop)
+        try:
+            if depth:
+                f: Any
+                if modname is not None:  # 3.12+: skip asyncio.create_task unmaterialized
+                    f = getframe(2 if modname(1) == "asyncio.tasks" else 1)
+                else:
+                    f = getframe(1)
+                    if f.f_code is create_task_code:
+                        f = f.f_back
+                # A frame still at the instruction of the last capture has the same
+                # callers at the same lines: the same stack. (Tasks are mostly made in
+                # loops and comprehensions: all but the first of a batch skip the walk.)
+                if f is last_frame and f.f_lasti == last_lasti:
+                    task._lw_stack = last_stack
+                else:
+                    task._lw_stack = capture(f, parent)
+            else:
+                task._lw_stack = ()
+        except Exception:  # never let recording break create_task (SPEC 3)
+            task._lw_stack = ()
+        task._lw_created = monotonic()
+        if parent is None:
+            task._lw_parent = 0
+        else:
+            try:
+                task._lw_parent = parent._lw_id
+            except AttributeError:  # a task made as asyncio.Task(...): not recorded
+                task._lw_parent = 0
+        return task  # type: ignore[no-any-return]
+
+    return create_task, forget_frame
+
+
 class _WatchedLoopMixin:
     """The overrides shared by every watched loop class."""
 
@@ -68,12 +171,12 @@ class _WatchedLoopMixin:
         loop: Any = self
         self._lw_watcher = Watcher(loop, options, base=base)
         self._lw_user_factory: Callable[..., Any] | None = None
-        self._lw_slow = bool(self.get_debug())  # type: ignore[attr-defined]
-        self._lw_depth = options.stack_depth
-        self._lw_task_class = self._lw_watcher.task_class
-        # Tasks made through create_task are recorded by create_task below; the
-        # factory catches the ones made by code that calls the factory path directly.
+        self._lw_forget_frame = _no_frame
+        # Tasks made through create_task are recorded by the fast path (_fast_path);
+        # the factory records the others: those of the slow path, and those made by code
+        # that calls the factory directly.
         super().set_task_factory(make_task_factory(self._lw_watcher))  # type: ignore[misc]
+        self._lw_choose_path()
         self._lw_watcher.install_detectors()
         if options.console and options.console != "off":
             _start_console(self._lw_watcher, options.console)
@@ -83,78 +186,47 @@ class _WatchedLoopMixin:
         if factory is not None and not callable(factory):
             raise TypeError(f"task factory must be a callable or None, got {factory!r}")
         self._lw_user_factory = factory
-        self._lw_slow = factory is not None or bool(self.get_debug())  # type: ignore[attr-defined]
         if factory is not None and factory is getattr(asyncio, "eager_task_factory", None):
             # Eager tasks of our own class: same eagerness, and the history keeps them.
             ours = make_task_factory(self._lw_watcher, eager=True)
         else:
             ours = make_task_factory(self._lw_watcher, chained=factory)
         super().set_task_factory(ours)  # type: ignore[misc]
+        self._lw_choose_path()
 
     def get_task_factory(self) -> Callable[..., Any] | None:
         return self._lw_user_factory
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)  # type: ignore[misc]
-        self._lw_slow = bool(enabled) or getattr(self, "_lw_user_factory", None) is not None
+        if hasattr(self, "_lw_watcher"):  # (the base loop's __init__ calls set_debug)
+            self._lw_choose_path()
+
+    def _lw_choose_path(self) -> None:
+        """Record tasks in the fast path, unless something unusual needs the base
+        loop's own create_task (debug mode, a program's task factory, a closed loop)."""
+        vars(self).pop("create_task", None)
+        if (self._lw_user_factory is None and not self.get_debug()  # type: ignore[attr-defined]
+                and not self.is_closed()):  # type: ignore[attr-defined]
+            self.create_task, self._lw_forget_frame = _fast_path(  # type: ignore[method-assign]
+                self, self._lw_watcher.task_class, self._lw_watcher.options.stack_depth)
+        else:
+            self._lw_forget_frame = _no_frame
 
     def create_task(self, coro: Any, *, name: str | None = None, context: Any = None,
                     **kwargs: Any) -> asyncio.Task[Any]:
-        # The common case is done here rather than through the task factory: one Python
-        # call less for every task. Anything unusual (a chained factory, debug mode,
-        # eager_start, a closed loop) takes the base loop's path and the factory.
-        if self._lw_slow or kwargs or self._closed:  # type: ignore[attr-defined]
-            if context is not None:
-                kwargs["context"] = context
-            return super().create_task(coro, name=name, **kwargs)  # type: ignore[misc, no-any-return]
-        loop: Any = self
-        if context is None:
-            task = self._lw_task_class(coro, loop=loop, name=name)
-        else:
-            task = self._lw_task_class(coro, loop=loop, name=name,
-                                       context=context)  # type: ignore[call-arg]
-        task._lw_id = next(_ids)
-        task._lw_name = name
-        parent = _current_task(loop)
-        depth = self._lw_depth
-        try:
-            if depth:
-                f: Any
-                if _modname is not None:  # 3.12+: skip asyncio.create_task unmaterialized
-                    f = _getframe(2 if _modname(1) == "asyncio.tasks" else 1)
-                else:
-                    f = _getframe(1)
-                    if f.f_code is _tasks_create_task:
-                        f = f.f_back
-                # The creating task's own coroutine frame is the top of the stack: going
-                # past it would only reach (and materialize) the loop's frames.
-                top = (getattr(parent._coro, "cr_frame", None)  # type: ignore[attr-defined]
-                       if parent is not None else None)
-                out: list[Any] = []
-                while f is not None and depth:
-                    code = f.f_code
-                    if code is _STOP:
-                        break
-                    out.append(code)
-                    out.append(f.f_lasti)
-                    if f is top:
-                        break
-                    f = f.f_back
-                    depth -= 1
-                task._lw_stack = tuple(out)
-            else:
-                task._lw_stack = ()
-        except Exception:  # never let recording break create_task (SPEC 3)
-            task._lw_stack = ()
-        task._lw_created = _monotonic()
-        task._lw_parent = getattr(parent, "_lw_id", 0) if parent is not None else 0
-        return task
+        # The slow path (the fast one is an attribute of the loop: see _fast_path): the
+        # base loop's create_task, whose task factory is ours and records the task.
+        if context is not None:
+            kwargs["context"] = context
+        return super().create_task(coro, name=name, **kwargs)  # type: ignore[misc, no-any-return]
 
     def run_forever(self) -> None:
         self._lw_watcher._loop_started()
         try:
             super().run_forever()  # type: ignore[misc]
         finally:
+            self._lw_forget_frame()
             self._lw_watcher._loop_stopped()
 
     def run_until_complete(self, future: Any) -> Any:
@@ -184,6 +256,9 @@ class _WatchedLoopMixin:
         if not watcher.closed and not self.is_closed():  # type: ignore[attr-defined]
             if self.is_running():  # type: ignore[attr-defined]
                 super().close()  # type: ignore[misc]  # raises "Cannot close a running event loop"
+            # Tasks made from now on take the slow path, which knows a closed loop.
+            vars(self).pop("create_task", None)
+            self._lw_forget_frame()
             watcher._before_close()
             try:
                 super().close()  # type: ignore[misc]

@@ -60,40 +60,21 @@ class WatchedTask(asyncio.Task):  # type: ignore[type-arg]
     _lw_since: float
 
 
-#: before 3.13 asyncio.create_task names a task after loop.create_task returns; from
-#: 3.13 it passes the name to loop.create_task (and unnamed tasks' names are lazy)
-_NAMES_ARE_CHEAP = sys.version_info < (3, 13)
+_base_finalize = asyncio.Task.__del__
 
 
 class _HistoryTask(WatchedTask):
     """A watched task that leaves a raw record in its watcher's history when it is
-    released (each watcher has its own subclass, whose ``_lw_sink`` is the history's
-    ``deque.append``). Recording at release rather than in a done callback costs no
-    handle and no extra loop iteration per task."""
+    released: each watcher has its own subclass (see :func:`task_class`), whose
+    ``__del__`` appends to that watcher's history. Recording at release rather than in
+    a done callback costs no handle and no extra loop iteration per task."""
 
     __slots__ = ()
-    _lw_sink: Callable[[tuple[Any, ...]], None]
 
-    def __del__(self) -> None:
-        # The base finalizer logs "Task was destroyed but it is pending!" and
-        # "exception was never retrieved"; it has nothing to do otherwise.
-        state = self._state  # type: ignore[attr-defined]
-        if state == "PENDING" or self._log_traceback:  # type: ignore[attr-defined]
-            super().__del__()
-        try:
-            exc = self._exception  # type: ignore[attr-defined]  # exception() would mark
-            # it retrieved
-            name = self._lw_name
-            if name is None and _NAMES_ARE_CHEAP:
-                name = self.get_name()  # asyncio.create_task names tasks after creation
-            self._lw_sink((self._lw_id, self._lw_stack, self._lw_created, self._lw_parent,
-                           name, state,
-                           # the code, not the coroutine: an unfinished coroutine would
-                           # keep its locals alive and warn later about its own cleanup
-                           self._coro.cr_code,  # type: ignore[attr-defined]
-                           _exc_text(exc) if exc is not None else ""))
-        except Exception:  # never let loopwatch break a finalizer
-            pass
+    def set_name(self, value: object) -> None:
+        # Before 3.13 asyncio.create_task names the task after loop.create_task returns.
+        super().set_name(value)
+        self._lw_name = self.get_name()
 
 
 def _exc_text(exc: BaseException) -> str:
@@ -107,7 +88,29 @@ def task_class(sink: Callable[[tuple[Any, ...]], None] | None) -> type[WatchedTa
     """The task class of one watcher: finished tasks go to ``sink`` (no history: None)."""
     if sink is None:
         return WatchedTask
-    return type("WatchedTask", (_HistoryTask,), {"__slots__": (), "_lw_sink": sink,
+    base_finalize = _base_finalize
+
+    # Methods and slots, not the Task's private attributes: Python looks those up
+    # slowly on a subclass, and a finalizer runs for every task.
+    def __del__(self: Any) -> None:
+        # The base finalizer logs "Task was destroyed but it is pending!" and "exception
+        # was never retrieved" (and does nothing else).
+        base_finalize(self)
+        try:
+            if not self.done():
+                # the code, not the coroutine: an unfinished one would keep its locals
+                # alive and warn later about its own cleanup
+                state, exc, coro = "PENDING", None, getattr(self.get_coro(), "cr_code", None)
+            elif self.cancelled():
+                state, exc, coro = "CANCELLED", None, self.get_coro()
+            else:
+                state, exc, coro = "FINISHED", self.exception(), self.get_coro()
+            sink((self._lw_id, self._lw_stack, self._lw_created, self._lw_parent,
+                  self._lw_name, state, coro, None if exc is None else _exc_text(exc)))
+        except Exception:  # never let loopwatch break a finalizer
+            pass
+
+    return type("WatchedTask", (_HistoryTask,), {"__slots__": (), "__del__": __del__,
                                                  "__module__": __name__})
 
 
@@ -245,7 +248,7 @@ def _foreign_done(sink: Callable[[tuple[Any, ...]], None]) -> Callable[[Any], No
         exc = None if task.cancelled() else task._exception
         sink((task._lw_id, task._lw_stack, task._lw_created, task._lw_parent, task.get_name(),
               task._state, getattr(task.get_coro(), "cr_code", None),
-              _exc_text(exc) if exc is not None else ""))
+              _exc_text(exc) if exc is not None else None))
 
     return done
 
@@ -358,7 +361,7 @@ def finished_from_raw(raw: tuple[Any, ...]) -> FinishedTask:
     else:
         outcome, detail = "result", ""
     return FinishedTask(id=n, name=name or f"T{n}",
-                        coro=code_name(coro) if coro is not None else "",
+                        coro=code_name(getattr(coro, "cr_code", coro)) if coro is not None else "",
                         stack=stack, created=created, parent=parent, outcome=outcome,
                         detail=detail)
 

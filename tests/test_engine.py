@@ -200,6 +200,49 @@ def test_no_strong_reference_to_tasks() -> None:
     loopwatch.run(main(), loop=BASE_LOOP, log=False)
 
 
+def test_task_dropped_by_a_returned_function_is_released() -> None:
+    # create_task remembers the last creating frame to share its stack with the rest
+    # of a batch; that must not keep the frame's locals (here the task) alive.
+    def spawn() -> weakref.ref[asyncio.Task[None]]:
+        task = asyncio.create_task(asyncio.sleep(0))
+        return weakref.ref(task)
+
+    async def main() -> None:
+        ref = spawn()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        gc.collect()
+        assert ref() is None
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
+def test_batches_share_a_stack_and_callers_keep_their_own() -> None:
+    async def work() -> None:
+        await asyncio.sleep(0)
+
+    def make(tag: str, n: int) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(work(), name=f"{tag}{i}") for i in range(n)]
+
+    def from_a() -> list[asyncio.Task[None]]:
+        return make("a", 3)
+
+    def from_b() -> list[asyncio.Task[None]]:
+        return make("b", 2)
+
+    async def main() -> None:
+        tasks = from_a() + from_b()
+        infos = {i.name: i for i in loopwatch.watcher().tasks()}
+        mine = [infos[t.get_name()] for t in tasks]
+        callers = [[f.function.rsplit(".", 1)[-1] for f in i.stack] for i in mine]
+        assert [c[c.index("make") - 1] for c in callers] == ["from_a"] * 3 + ["from_b"] * 2
+        assert len({(i.site.file, i.site.line) for i in mine if i.site}) == 1
+        assert all(i.site for i in mine)
+        await asyncio.gather(*tasks)
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
 def test_history_keeps_outcomes() -> None:
     async def ok() -> int:
         return 1
