@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _frames
 from ._awaits import Awaiting, describe
+from ._detectors import HOOKS_OF, own_hooks
 from ._frames import Frame
 from ._options import Options
 from ._records import FinishedTask, coro_name, finished_from_raw, task_class, task_id
@@ -148,7 +150,8 @@ class Watcher:
 
         for detector in make_detectors(self):
             self.detectors.append(detector)
-            self.call(detector, "install")
+            if "install" in (HOOKS_OF.get(type(detector)) or own_hooks(type(detector))):
+                self.call(detector, "install")
 
     def detector(self, name: str) -> Detector | None:
         for d in self.detectors:
@@ -172,7 +175,9 @@ class Watcher:
 
     def _broadcast(self, hook: str, *args: Any) -> None:
         for detector in list(self.detectors):
-            self.call(detector, hook, *args)
+            cls = type(detector)
+            if hook in (HOOKS_OF.get(cls) or own_hooks(cls)):  # the base's hooks do nothing
+                self.call(detector, hook, *args)
 
     # -- findings --------------------------------------------------------------------
 
@@ -252,6 +257,8 @@ class Watcher:
 
     def live_tasks(self) -> list[asyncio.Future[Any]]:
         """The loop's pending tasks (strong references: do not keep the list)."""
+        if not _tasks_may_exist():
+            return []  # no task at all in the process (a loop per test: the common case)
         loop = self.loop
         for _ in range(100):
             try:
@@ -434,6 +441,19 @@ class Watcher:
 
 
 _Ref = weakref.ReferenceType
+
+#: asyncio's registry of tasks (what ``all_tasks`` reads): a ``WeakSet`` (its ``data``
+#: holds the weak references), and from 3.12 a set of eager tasks still in their first step
+_scheduled: Any = getattr(asyncio.tasks, "_scheduled_tasks",
+                          getattr(asyncio.tasks, "_all_tasks", None))
+_eager: Any = getattr(asyncio.tasks, "_eager_tasks", set() if sys.version_info < (3, 12) else None)
+_REGISTRY_KNOWN = isinstance(_scheduled, weakref.WeakSet) and isinstance(_eager, set)
+
+
+def _tasks_may_exist() -> bool:
+    """False when no task exists in the process at all (a cheap look at asyncio's own
+    registry, before ``all_tasks`` walks it); True when some may."""
+    return not _REGISTRY_KNOWN or bool(_scheduled.data) or bool(_eager)
 
 
 def weak_waiter(waiter: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -139,6 +140,80 @@ def test_every_call_in_is_recorded_and_still_raises() -> None:
     by_method = {f.details["method"]: f for f in of_kind(w, "post_close_call")}
     assert by_method["create_task"].details["callback"].endswith("work")
     assert by_method["create_future"].details["raises"] is False
+
+
+def test_every_call_in_on_an_attached_asyncio_loop() -> None:
+    """A plain asyncio loop (what pytest-asyncio makes for each test) is watched after
+    close through ``_check_closed`` and ``create_future`` alone: every call-in is still
+    one finding, named as called, at the caller's line."""
+    loop = asyncio.new_event_loop()
+    w = loopwatch.attach(loop, log=False)
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    assert set(vars(loop)) & set(CALL_INS) <= {"call_at", "run_in_executor", "create_future"}
+    a, b = socket.socketpair()
+
+    async def work() -> None:
+        pass
+
+    coro = work()
+    calls: dict[str, Callable[[], Any]] = {
+        "call_soon": lambda: loop.call_soon(nothing),  # L:pc-call_soon
+        "call_later": lambda: loop.call_later(1, nothing),  # L:pc-call_later
+        "call_at": lambda: loop.call_at(loop.time() + 1, nothing),  # L:pc-call_at
+        "run_in_executor": lambda: loop.run_in_executor(None, nothing),  # L:pc-run_in_executor
+        "create_task": lambda: loop.create_task(coro),  # L:pc-create_task
+        "run_until_complete": lambda: loop.run_until_complete(coro),  # L:pc-run_until_complete
+        "run_forever": lambda: loop.run_forever(),  # L:pc-run_forever
+        "add_reader": lambda: loop.add_reader(a, nothing),  # L:pc-add_reader
+        "add_writer": lambda: loop.add_writer(a, nothing),  # L:pc-add_writer
+        "add_signal_handler": lambda: loop.add_signal_handler(10, nothing),  # L:pc-add_signal_handler
+    }
+    try:
+        for call in calls.values():
+            with pytest.raises(RuntimeError, match="Event loop is closed"):
+                call()
+    finally:
+        coro.close()
+        a.close()
+        b.close()
+    errors: list[BaseException] = []
+
+    def feeder() -> None:
+        try:
+            loop.call_soon_threadsafe(nothing)  # L:feeder
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=feeder, name="feeder")
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+    assert not loop.create_future().done()  # L:future
+    found = of_kind(w, "post_close_call")
+    by_method = {f.details["method"]: f for f in found}
+    assert len(found) == len(by_method) == len(calls) + 2  # call_later is not also call_at
+    assert set(by_method) == {*calls, "call_soon_threadsafe", "create_future"}
+    for method in calls:
+        finding = by_method[method]
+        assert finding.site is not None and finding.site.line == line_of(f"pc-{method}"), method
+        assert finding.details["count"] == 1, method
+        assert finding.details["raises"] is True
+    for method in ("call_soon", "call_later", "call_at", "run_in_executor", "add_reader",
+                   "add_signal_handler"):
+        assert by_method[method].details["callback"] == "nothing", method
+    assert by_method["create_task"].details["callback"].endswith("work")
+    assert "loop.call_later(nothing) was called" in by_method["call_later"].message
+    assert_site(by_method["call_soon_threadsafe"], "feeder", "feeder")
+    assert by_method["call_soon_threadsafe"].details["thread"] == "feeder"
+    assert by_method["create_future"].details["raises"] is False
+    assert_site(by_method["create_future"], "test_every_call_in_on_an_attached_asyncio_loop",
+                "future")
+    w.close()
+    assert not set(vars(loop)) & {*CALL_INS, "_check_closed"}
+    with pytest.raises(RuntimeError):
+        loop.call_soon(nothing)
+    assert len(of_kind(w, "post_close_call")) == len(found)
 
 
 def test_repeated_calls_from_one_line_are_one_finding_with_a_count() -> None:

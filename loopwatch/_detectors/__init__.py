@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .._report import Finding
     from .._watcher import Watcher
 
-__all__ = ["Detector", "make_detectors"]
+__all__ = ["HOOKS_OF", "Detector", "make_detectors", "own_hooks"]
 
 
 class Detector:
@@ -89,6 +89,20 @@ DETECTORS: tuple[tuple[str, str], ...] = (
 
 _detector_classes: list[type[Detector]] = []
 
+#: the hooks a detector class defines itself, by class (filled by :func:`own_hooks`)
+HOOKS_OF: dict[type[Detector], frozenset[str]] = {}
+
+
+def own_hooks(cls: type[Detector]) -> frozenset[str]:
+    """The hooks ``cls`` overrides: the watcher calls only those (a loop per test
+    would otherwise pay for every no-op hook of every detector)."""
+    hooks = HOOKS_OF.get(cls)
+    if hooks is None:
+        hooks = HOOKS_OF[cls] = frozenset(
+            name for name, base in vars(Detector).items()
+            if callable(base) and not name.startswith("_") and getattr(cls, name) is not base)
+    return hooks
+
 
 def _classes() -> list[type[Detector]]:
     """The detector classes, imported once (a loop per test must not pay for imports)."""
@@ -102,11 +116,17 @@ def _classes() -> list[type[Detector]]:
 
 
 def make_detectors(watcher: Watcher) -> list[Detector]:
-    """One instance of every detector that has a kind still switched on."""
-    disabled = watcher.options.disabled
-    detectors = []
-    for cls in _classes():
-        if cls.kinds and set(cls.kinds) <= disabled:
-            continue
-        detectors.append(cls(watcher))
-    return detectors
+    """One instance of every detector that has a kind still switched on.
+
+    The stall detector has no kind of its own to switch off: it is the heartbeat and
+    the watchdog thread, whose clock drives every ``tick`` hook. It is left out only
+    when it would have nothing to do (no watchdog, ``stall`` off, and no other
+    detector ticks), as for a test's loop, which is made by the hundred.
+    """
+    options = watcher.options
+    disabled = options.disabled
+    classes = [cls for cls in _classes() if not (cls.kinds and set(cls.kinds) <= disabled)]
+    if not options.watchdog and "stall" in disabled and not any(
+            cls.tick is not Detector.tick for cls in classes if cls.name != "stall"):
+        classes = [cls for cls in classes if cls.name != "stall"]
+    return [cls(watcher) for cls in classes]

@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from types import CodeType, FrameType
+from types import CodeType, FrameType, FunctionType
 from typing import Any
 
 from .._frames import Frame, RawStack, format_raw, is_library, pick_site
@@ -85,7 +85,7 @@ class LoopPatches:
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
-        self._done: list[tuple[str, Any, bool, Any]] = []
+        self._done: list[tuple[str, Any, Any]] = []
 
     def wrap(self, name: str, make: Callable[[Any], Any]) -> bool:
         """Replace ``loop.<name>`` by ``make(current)``; False when the loop takes no
@@ -95,33 +95,71 @@ class LoopPatches:
         if current is None:
             return False
         try:
-            own = vars(loop)
+            previous = vars(loop).get(name, _MISSING)
         except TypeError:
             return False
-        had = name in own
-        previous = own.get(name)
         wrapper = make(current)
         try:
             setattr(loop, name, wrapper)
         except (AttributeError, TypeError):
             return False
-        self._done.append((name, wrapper, had, previous))
+        self._done.append((name, wrapper, previous))
         return True
+
+    def wrap_each(self, names: tuple[str, ...],
+                  make: Callable[[str, Any], Any]) -> list[str]:
+        """Replace ``loop.<name>`` by ``make(name, current)`` for each of ``names`` the
+        loop has, in one pass (a loop made for each test pays for this); returns the
+        names the loop has but would not let be replaced (it takes no attributes)."""
+        loop = self.loop
+        try:
+            own: dict[str, Any] | None = vars(loop)
+        except TypeError:
+            own = None
+        failed: list[str] = []
+        done = self._done
+        for name in names:
+            current = getattr(loop, name, None)
+            if current is None:
+                continue
+            if own is None:
+                failed.append(name)
+                continue
+            previous = own.get(name, _MISSING)
+            wrapper = make(name, current)
+            try:
+                setattr(loop, name, wrapper)
+            except (AttributeError, TypeError):
+                failed.append(name)
+                continue
+            done.append((name, wrapper, previous))
+        return failed
 
     def undo(self) -> None:
         loop = self.loop
-        while self._done:
-            name, wrapper, had, previous = self._done.pop()
+        done = self._done
+        if not done:
+            return
+        try:
+            own = vars(loop)
+        except TypeError:
+            done.clear()
+            return
+        while done:
+            name, wrapper, previous = done.pop()
+            if own.get(name) is not wrapper:
+                continue
             try:
-                if vars(loop).get(name) is not wrapper:
-                    continue
-                if had:
-                    setattr(loop, name, previous)
-                else:
+                if previous is _MISSING:
                     delattr(loop, name)
+                else:
+                    setattr(loop, name, previous)
             except (AttributeError, TypeError):
                 pass
 
+
+_MISSING: Any = object()
+_NOTHING: Any = object()
 
 #: id(code) -> is it user code; keyed by id because hashing a code object hashes its
 #: whole content (slow on a hot path). The code object is kept in ``_user_code_refs`` so
@@ -268,6 +306,74 @@ _TARGET_ARG = {"call_soon": 0, "call_soon_threadsafe": 0, "call_later": 1, "call
                "create_task": 0, "run_in_executor": 1, "run_until_complete": 0,
                "add_reader": 1, "add_writer": 1, "add_signal_handler": 1}
 
+#: helpers through which asyncio's call-ins reach ``_check_closed``
+_CHECK_HELPERS = ("call_at", "_add_reader", "_add_writer", "_run_forever_setup")
+
+#: per loop class: its call-ins' code objects (and their helpers'), code -> method name
+#: (None for a helper), when every call-in but ``create_future`` is asyncio's own and
+#: checks ``_check_closed`` first; None for a class where that is not known
+_closed_checks: dict[type, dict[CodeType, str | None] | None] = {}
+
+
+def _check_closed_codes(cls: type) -> dict[CodeType, str | None] | None:
+    try:
+        return _closed_checks[cls]
+    except KeyError:
+        pass
+    codes: dict[CodeType, str | None] = {}
+
+    def code_of(name: str) -> CodeType | None:
+        fn = getattr(cls, name, None)
+        if not isinstance(fn, FunctionType) or not fn.__module__.startswith("asyncio."):
+            return None
+        return fn.__code__
+
+    def checks(code: CodeType, depth: int) -> bool:
+        if "_check_closed" in code.co_names:
+            return True
+        for helper in _CHECK_HELPERS:
+            inner = code_of(helper) if helper in code.co_names and depth < 3 else None
+            if inner is not None and checks(inner, depth + 1):
+                codes.setdefault(inner, None)
+                return True
+        return False
+
+    result: dict[CodeType, str | None] | None = codes
+    if code_of("_check_closed") is None:
+        result = None
+    else:
+        for name in CALL_INS:
+            if name == "create_future":
+                continue
+            code = code_of(name)
+            if code is None or not checks(code, 0):
+                result = None
+                break
+            codes[code] = name
+    if len(_closed_checks) < 64:
+        _closed_checks[cls] = result
+    return result
+
+
+_CALL_IN_SET = frozenset(CALL_INS)
+
+#: code of loopwatch's own wrappers of call-ins that always call the method they wrap
+#: (the dropped_callback timer wrapper, the executor job wrapper)
+PASS_THROUGH: set[CodeType] = set()
+
+
+def _passes_through(loop: Any, name: str, value: Any) -> bool:
+    """Whether ``loop.<name>`` (an instance attribute) is loopwatch's wrappers around the
+    class's own method, and nothing else."""
+    method = getattr(type(loop), name, None)
+    for _ in range(8):
+        if getattr(value, "__self__", None) is loop and getattr(value, "__func__", None) is method:
+            return True
+        if getattr(value, "__code__", None) not in PASS_THROUGH:
+            return False
+        value = getattr(value, "__wrapped__", None)
+    return False
+
 POST_CLOSE_HINT = (
     "something outlived the loop (a thread, a timer, a callback, a finalizer): stop it "
     "before the loop closes (signal the thread and join it, cancel the timer, await the "
@@ -288,14 +394,27 @@ class PostCloseDetector(EventDetector):
         self._note = ""
 
     def after_close(self) -> None:
-        patches = LoopPatches(self.watcher.loop)
-        missing = []
-        for name in CALL_INS:
-            if not hasattr(self.watcher.loop, name):
-                continue
-            if not patches.wrap(name, functools.partial(self._wrapper, name)):
-                missing.append(name)
+        loop = self.watcher.loop
+        patches = LoopPatches(loop)
         self._patches = patches
+        codes = _check_closed_codes(type(loop))
+        try:
+            own = vars(loop)
+        except TypeError:
+            own = None
+        if codes is not None and own is not None and "_check_closed" not in own and all(
+                _passes_through(loop, name, own[name]) for name in own.keys() & _CALL_IN_SET):
+            # asyncio's own loop: every call-in but create_future starts with
+            # self._check_closed(), so two wrappers see them all (not twelve: a loop is
+            # closed at the end of every test).
+            missing = patches.wrap_each(("_check_closed",), functools.partial(
+                self._check_wrapper, codes))
+            if not missing:
+                missing = patches.wrap_each(("create_future",), self._wrapper)
+                if not missing:
+                    return
+            patches.undo()
+        missing = patches.wrap_each(CALL_INS, self._wrapper)
         if missing:
             self._note = (f"post_close_call: calls to {', '.join(missing)} on the closed "
                           f"{type(self.watcher.loop).__name__} cannot be observed (the loop "
@@ -322,6 +441,53 @@ class PostCloseDetector(EventDetector):
 
         call_into_closed_loop.__wrapped__ = original  # type: ignore[attr-defined]
         return call_into_closed_loop
+
+    def _check_wrapper(self, codes: dict[CodeType, str | None], name: str,
+                       original: Callable[[], Any]) -> Callable[[], Any]:
+        getframe = sys._getframe
+
+        def check_closed() -> Any:
+            if self.enabled:
+                try:
+                    self._checked(getframe(1), codes)
+                except Exception as exc:
+                    self.failed(exc)
+            return original()
+
+        check_closed.__wrapped__ = original  # type: ignore[attr-defined]
+        return check_closed
+
+    def _checked(self, frame: FrameType | None, codes: dict[CodeType, str | None]) -> None:
+        """``_check_closed()`` ran in ``frame``: the call-in it belongs to (the outermost
+        of a chain: ``call_later`` calls ``call_at``) is recorded, with its caller."""
+        method: str | None = None
+        called: FrameType | None = None
+        caller: FrameType | None = None
+        depth = 0
+        while frame is not None and depth < 8:
+            code = frame.f_code
+            name = codes.get(code, _NOTHING)
+            if name is _NOTHING:
+                if code not in PASS_THROUGH:
+                    break
+            elif name is not None:
+                method, called = name, frame
+            caller = frame = frame.f_back
+            depth += 1
+        if method is None or called is None or caller is None:
+            return  # asyncio's own plumbing (sock_recv, ...), as the wrappers would see it
+        args: tuple[Any, ...] = ()
+        pos = _TARGET_ARG.get(method)
+        code = called.f_code
+        if pos is not None and pos + 1 < code.co_argcount:
+            value = called.f_locals.get(code.co_varnames[pos + 1], _NOTHING)
+            if value is not _NOTHING:
+                from .resources import _Job
+
+                if isinstance(value, _Job):  # the executor_thread wrapper's, around it
+                    value = value.func
+                args = (None,) * pos + (value,)
+        self.record(method, caller, args)
 
     def record(self, method: str, frame: FrameType, args: tuple[Any, ...]) -> None:
         """One call into the closed loop, made from ``frame``."""
@@ -420,13 +586,14 @@ class DroppedCallbackDetector(EventDetector):
 
     def install(self) -> None:
         loop = self.watcher.loop
-        self._asyncio_like = _asyncio_queues(loop) is not None
+        self._asyncio_like = isinstance(getattr(loop, "_scheduled", None), list) and \
+            getattr(loop, "_ready", None) is not None  # what _asyncio_queues reads
         patches = LoopPatches(loop)
         # asyncio's call_later calls self.call_at: wrapping call_at alone sees both (one
         # wrapper less on the path of every asyncio.sleep and timeout).
         names = ("call_at",) if self._asyncio_like and getattr(type(loop), "call_later", None) \
             is asyncio.BaseEventLoop.call_later else ("call_later", "call_at")
-        ok = all([patches.wrap(name, functools.partial(self._wrapper, name)) for name in names])
+        ok = not patches.wrap_each(names, self._wrapper)
         self._patches = patches
         if not ok:
             self._notes.append(
@@ -491,6 +658,7 @@ class DroppedCallbackDetector(EventDetector):
             return handle
 
         schedule_timer.__wrapped__ = original  # type: ignore[attr-defined]
+        PASS_THROUGH.add(schedule_timer.__code__)
         return schedule_timer
 
     def _prune(self) -> None:

@@ -30,7 +30,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import os
 import re
@@ -48,6 +47,7 @@ from .._frames import Frame, RawStack, format_raw, is_library, pick_site
 from .._records import short_repr
 from .._report import Finding
 from .closed import (
+    PASS_THROUGH,
     EventDetector,
     LoopPatches,
     callable_name,
@@ -139,6 +139,7 @@ class ExecutorThreadDetector(EventDetector):
             return original(executor, func, *args)
 
         run_in_executor.__wrapped__ = original  # type: ignore[attr-defined]
+        PASS_THROUGH.add(run_in_executor.__code__)
         return run_in_executor
 
     def running_jobs(self) -> list[_Job]:
@@ -364,6 +365,8 @@ _wlock = threading.RLock()  # RLock: a weak reference callback may run under it
 #: asked for them to be turned on (``resource_warnings=True``)
 _listeners: list[tuple[weakref.ref[UnclosedResourceDetector], bool]] = []
 _previous_show: Any = None
+#: whether loopwatch ever added its ResourceWarning filter (``resource_warnings=True``)
+_filtered = False
 #: the detector whose loop is closing in this thread (uvloop warns during close)
 _closing = threading.local()
 
@@ -469,8 +472,13 @@ def _settle() -> None:
     live = [(ref, force) for ref, force in _listeners if ref() is not None]
     _listeners[:] = live
     force = any(f for _, f in live)
-    ours = [f for f in warnings.filters if getattr(f[1], "pattern", None) == _FILTER_MARK]
+    global _filtered
+    # The filters are read only once loopwatch has ever added its own (the common case,
+    # a loop per test in library mode, never does).
+    ours = [f for f in warnings.filters if getattr(f[1], "pattern", None) == _FILTER_MARK] \
+        if force or _filtered else []
     if force and not ours:
+        _filtered = True
         warnings.filterwarnings("always", message=_FILTER_MARK, category=ResourceWarning)
     elif ours and not force:
         kept = [f for f in warnings.filters if getattr(f[1], "pattern", None) != _FILTER_MARK]
@@ -536,9 +544,7 @@ class UnclosedResourceDetector(EventDetector):
     def install(self) -> None:
         loop = self.watcher.loop
         patches = LoopPatches(loop)
-        for name in _OPENERS:
-            if hasattr(loop, name):
-                patches.wrap(name, functools.partial(self._opener, name))
+        patches.wrap_each(_OPENERS, self._opener)
         self._patches = patches
         mode = self.watcher.options.resource_warnings
         if mode is not False:
@@ -829,7 +835,11 @@ def _asyncio_servers(loop: Any) -> list[Any]:
         return []
     out = []
     try:
-        keys = list(selector.get_map().values())
+        # The selectors module's own table when it is there (the mapping view walks it
+        # in Python, key by key); else the public view.
+        table = getattr(selector, "_fd_to_key", None)
+        keys = list(table.values()) if isinstance(table, dict) else \
+            list(selector.get_map().values())
     except Exception:
         return []
     for key in keys:
