@@ -657,14 +657,14 @@ class _Scan:
         by_frame: dict[tuple[int, int, int, int], _Shared] = {}
         self.tasks: list[Any] = []
         self.numbers: list[int] = []
-        self.names: list[str] = []
         self.parked: list[float | None] = []
-        self.waits: list[tuple[int, ...]] = []
         self.shared: list[_Shared] = []
         self.encoded: list[str] = []
-        add_task, add_number, add_name, add_parked, add_waits, add_shared, add_row = (
-            self.tasks.append, self.numbers.append, self.names.append, self.parked.append,
-            self.waits.append, self.shared.append, self.encoded.append)
+        #: index -> the tasks that task waits on, for the few that wait on tasks
+        self.waiting: dict[int, tuple[int, ...]] = {}
+        add_task, add_number, add_parked, add_shared, add_row = (
+            self.tasks.append, self.numbers.append, self.parked.append, self.shared.append,
+            self.encoded.append)
         quote = _quote
         task: Any = None
         for ref in task_refs(w):
@@ -680,7 +680,9 @@ class _Scan:
                 parent = task._lw_parent
                 waiter = task._fut_waiter
                 coro = task._coro
-            except AttributeError:  # no record, or not a C/asyncio task: read it slowly
+                code = coro.cr_code
+            except AttributeError:  # no record, not a C/asyncio task, not a coroutine
+                code = None
                 if getattr(task, "_loop", None) is not loop or task.done():
                     continue
                 number = task_id(task)
@@ -690,19 +692,17 @@ class _Scan:
                 waiter = getattr(task, "_fut_waiter", None)
                 get_coro = getattr(task, "get_coro", None)
                 coro = get_coro() if get_coro is not None else None
-            code = getattr(coro, "cr_code", None)
+                code = getattr(coro, "cr_code", None)
             key = (id(raw[0]), raw[1], id(code), parent) if raw else (0, 0, id(code), parent)
             shared = by_frame.get(key)
             if shared is None or code is None:
                 shared = by_frame[key] = _Shared.of(raw, coro, parent, task)
             if shared.further:  # made through plumbing: the site is further out
                 shared = shared.further(raw)
-            if waiter is None:
-                parked = None
-                parked_json = "null"
-                waits = _NO_WAITS
-                waits_json = ""
-            else:
+            parked = None
+            parked_json = "null"
+            waits_json = ""
+            if waiter is not None:
                 try:
                     noted = task._lw_waiter
                     since = task._lw_since
@@ -714,22 +714,15 @@ class _Scan:
                 if since:
                     parked = now - since if now > since else 0.0
                     parked_json = f"{parked:.4f}"
-                else:
-                    parked = None
-                    parked_json = "null"
-                if type(waiter) is _Future:
-                    waits = _NO_WAITS
-                    waits_json = ""
-                else:
+                if type(waiter) is not _Future:
                     waits, waits_json = _waits(waiter)
-            name = task.get_name()
+                    if waits:
+                        self.waiting[len(self.tasks)] = waits
             add_task(task)
             add_number(number)
-            add_name(name)
             add_parked(parked)
-            add_waits(waits)
             add_shared(shared)
-            add_row(f'{{"id":"T{number}","name":{quote(name)},"age":'
+            add_row(f'{{"id":"T{number}","name":{quote(task.get_name())},"age":'
                     f'{"null" if created is None else f"{now - created:.4f}"},'
                     f'"parked_for":{parked_json},"waits_on":[{waits_json}],{shared.tail}')
         del task
@@ -743,6 +736,15 @@ class _Scan:
 
     def oldest_first(self) -> list[int]:
         return list(self.order)
+
+    @functools.cached_property
+    def names(self) -> list[str]:
+        return [task.get_name() for task in self.tasks]
+
+    @functools.cached_property
+    def waits(self) -> list[tuple[int, ...]]:
+        waiting = self.waiting
+        return [waiting.get(i, _NO_WAITS) for i in range(len(self.tasks))]
 
     @functools.cached_property
     def coros(self) -> list[str]:
