@@ -16,6 +16,8 @@ options, plus an idle console on a Unix socket. Then, timed:
   the console's cool-down. (A client thread inside the watched process would pay for
   what no user's client does: its decoding shares the GIL with the watchdog's scans
   and every garbage collection walks the 100,000 tasks);
+  also the CPU seconds that costs: the watched process's while the client runs, and the
+  client's for its request (wall times on a busy machine include waiting for a CPU);
 - the whole ``loopwatch ps TARGET --json`` command into a pipe, from starting the
   process (the interpreter's start and imports included) until it exits;
 - for scale, ``asyncio.all_tasks()`` on the bare loop.
@@ -102,20 +104,29 @@ def ps_json(path: str, timeout: float = 60.0) -> tuple[float, int]:
     return elapsed, len(rows) if isinstance(rows, list) else -1
 
 
-#: runs ps_json in a fresh interpreter: prints the seconds and the tasks listed
-_CLIENT = ("import sys; sys.path.insert(0, sys.argv[1]); from bench_scan import ps_json; "
-           "print(*ps_json(sys.argv[2]))")
+#: runs ps_json in a fresh interpreter: prints the seconds, the tasks listed, and the
+#: CPU seconds the client spent on them
+_CLIENT = ("import sys, time; sys.path.insert(0, sys.argv[1]); from bench_scan import ps_json; "
+           "c = time.process_time(); took, n = ps_json(sys.argv[2]); "
+           "print(took, n, time.process_time() - c)")
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: CPU seconds of each ps_json_in_child: the watched process (console, and whatever
+#: else ran in it meanwhile) and the client, together
+ps_cpu: list[float] = []
 
 
 def ps_json_in_child(path: str) -> tuple[float, int]:
     """``ps_json`` run by a client process of its own (its start is not timed)."""
+    cpu = time.process_time()
     done = subprocess.run([sys.executable, "-c", _CLIENT, _HERE, path], capture_output=True,
                           text=True, timeout=120)
+    cpu = time.process_time() - cpu
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         raise RuntimeError(f"the client failed: {lines[-1]}")
-    took, count = done.stdout.split()
+    took, count, client_cpu = done.stdout.split()
+    ps_cpu.append(cpu + float(client_cpu))
     return float(took), int(count)
 
 
@@ -200,6 +211,7 @@ def run(base: str, cfg: Config) -> list[Figure]:
     import loopwatch
 
     n = cfg.n(100_000, minimum=10)
+    ps_cpu.clear()
     rounds = cfg.pick_rounds(5, 3)
     figures: list[Figure] = []
     tmp = tempfile.mkdtemp(prefix="lw-bench-")
@@ -260,6 +272,12 @@ def run(base: str, cfg: Config) -> list[Figure]:
     figures.append(Figure(NAME, base, f"Watcher.tasks() over {n:,} tasks", tasks_time, "s"))
     figures.append(ps_figure(base, f"ps --json over the console, {n:,} tasks (median)", n,
                              ps_took, listed, ps_error, PS_TARGET))
+    if ps_cpu and not ps_error:
+        figures.append(Figure(NAME, base, f"ps --json over the console, {n:,} tasks, CPU of "
+                              "both processes (median)", median(ps_cpu), "s",
+                              samples=list(ps_cpu), note="what the request costs, however "
+                              "busy the machine (the watched process's CPU time while the "
+                              "client ran, and the client's for its request)"))
     figures.append(ps_figure(base, f"loopwatch ps TARGET --json, whole command, {n:,} tasks "
                              "(median)", n, *command, None))
 
