@@ -71,7 +71,7 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
     It records the task itself rather than through the task factory (one Python call
     less for every task), and keeps its state in closure cells rather than attributes
     of the loop, which Python cannot look up quickly on a subclass of a C loop class.
-    It is set as an attribute of the loop, and taken away when the loop needs the base
+    It is a method of the loop's own class, taken away when the loop needs the base
     loop's own path (see ``_lw_choose_path``).
     """
     last_frame: Any = None
@@ -116,10 +116,10 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
         last_frame, last_lasti, last_stack = first, first.f_lasti, stack
         return stack
 
-    def create_task(coro: Any, *, name: str | None = None, context: Any = None,
+    def create_task(_loop: Any, coro: Any, *, name: str | None = None, context: Any = None,
                     **kwargs: Any) -> asyncio.Task[Any]:
         if kwargs:  # eager_start and the like: the base loop's path
-            return loop.__class__.create_task(  # type: ignore[no-any-return]
+            return _WatchedLoopMixin.create_task(  # type: ignore[no-any-return]
                 loop, coro, name=name, context=context, **kwargs)
         task: Any
         if context is None:
@@ -165,13 +165,31 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
 class _WatchedLoopMixin:
     """The overrides shared by every watched loop class."""
 
+    # (set on each loop's own class: see _lw_setup)
     _lw_watcher: Watcher
+    _lw_user_factory: Callable[..., Any] | None
+    _lw_forget_frame: Callable[[], None]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Each watched loop is made as the one instance of a class of its own, which
+        # holds what loopwatch puts on the loop (its watcher, the fast create_task, the
+        # detectors' wrappers). As instance attributes they would take a base loop past
+        # the 30 attributes Python keeps in a shared-key dict, and every `self.method`
+        # call in asyncio's own loop code would then miss the interpreter's caches.
+        # (Made here, not by assigning __class__ later: that gives the instance a dict
+        # of its own, with the same effect.)
+        if "_lw_own_class" not in cls.__dict__:
+            cls = type(cls.__name__, (cls,), {
+                "__slots__": (), "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__, "_lw_own_class": True})
+        return super().__new__(cls)
 
     def _lw_setup(self, options: Options, base: str) -> None:
         loop: Any = self
-        self._lw_watcher = Watcher(loop, options, base=base)
-        self._lw_user_factory: Callable[..., Any] | None = None
-        self._lw_forget_frame = _no_frame
+        own: Any = type(self)  # (see __new__)
+        own._lw_watcher = Watcher(loop, options, base=base)
+        own._lw_user_factory = None
+        own._lw_forget_frame = staticmethod(_no_frame)
         # Tasks made through create_task are recorded by the fast path (_fast_path);
         # the factory records the others: those of the slow path, and those made by code
         # that calls the factory directly.
@@ -185,7 +203,8 @@ class _WatchedLoopMixin:
     def set_task_factory(self, factory: Callable[..., Any] | None) -> None:
         if factory is not None and not callable(factory):
             raise TypeError(f"task factory must be a callable or None, got {factory!r}")
-        self._lw_user_factory = factory
+        # (a static method: a function on the class would be bound to the loop)
+        type(self)._lw_user_factory = None if factory is None else staticmethod(factory)
         if factory is not None and factory is getattr(asyncio, "eager_task_factory", None):
             # Eager tasks of our own class: same eagerness, and the history keeps them.
             ours = make_task_factory(self._lw_watcher, eager=True)
@@ -205,13 +224,17 @@ class _WatchedLoopMixin:
     def _lw_choose_path(self) -> None:
         """Record tasks in the fast path, unless something unusual needs the base
         loop's own create_task (debug mode, a program's task factory, a closed loop)."""
-        vars(self).pop("create_task", None)
+        own: Any = type(self)
+        if "create_task" in own.__dict__:
+            del own.create_task
         if (self._lw_user_factory is None and not self.get_debug()  # type: ignore[attr-defined]
                 and not self.is_closed()):  # type: ignore[attr-defined]
-            self.create_task, self._lw_forget_frame = _fast_path(  # type: ignore[method-assign]
+            create_task, forget = _fast_path(
                 self, self._lw_watcher.task_class, self._lw_watcher.options.stack_depth)
+            own.create_task = create_task
+            own._lw_forget_frame = staticmethod(forget)
         else:
-            self._lw_forget_frame = _no_frame
+            own._lw_forget_frame = staticmethod(_no_frame)
 
     def create_task(self, coro: Any, *, name: str | None = None, context: Any = None,
                     **kwargs: Any) -> asyncio.Task[Any]:
@@ -257,7 +280,9 @@ class _WatchedLoopMixin:
             if self.is_running():  # type: ignore[attr-defined]
                 super().close()  # type: ignore[misc]  # raises "Cannot close a running event loop"
             # Tasks made from now on take the slow path, which knows a closed loop.
-            vars(self).pop("create_task", None)
+            own: Any = type(self)
+            if "create_task" in own.__dict__:
+                del own.create_task
             self._lw_forget_frame()
             watcher._before_close()
             try:

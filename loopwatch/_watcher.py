@@ -51,7 +51,8 @@ class TaskInfo:
     state: str
     #: the user's line that created the task
     site: Frame | None
-    #: the creation stack, innermost first (empty for tasks that existed before attach)
+    #: the creation stack, outermost first as in a traceback (empty for tasks that existed
+    #: before attach)
     stack: tuple[Frame, ...]
     #: seconds since the task was created (None when unknown)
     age: float | None

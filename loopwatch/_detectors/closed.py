@@ -75,36 +75,65 @@ class EventDetector(Detector):
         raise exc
 
 
-class LoopPatches:
-    """Instance-attribute wrappers on one loop, undone in reverse order.
+def own_class(loop: Any) -> type | None:
+    """A watched loop's class of its own (which holds what loopwatch puts on the loop),
+    or None."""
+    cls = type(loop)
+    return cls if cls.__dict__.get("_lw_own_class") else None
 
-    A wrapper that somebody else wrapped again after us is left in place on undo
-    (removing it would remove theirs too); every wrapper passes straight through
-    once its detector is switched off, so a wrapper left behind is inert.
+
+def base_class(loop: Any) -> type:
+    """The loop's class, past a watched loop's class of its own."""
+    cls = type(loop)
+    return cls.__mro__[1] if cls.__dict__.get("_lw_own_class") else cls
+
+
+def own_attrs(loop: Any) -> dict[str, Any]:
+    """What was put on this one loop: its instance attributes and, on a watched loop,
+    the wrappers on its own class (raises TypeError for a loop that has neither)."""
+    cls = own_class(loop)
+    if cls is None:
+        instance: dict[str, Any] = vars(loop)
+        return instance
+    attrs = {name: value.__func__ for name, value in cls.__dict__.items()
+             if isinstance(value, staticmethod) and not name.startswith("_lw_")}
+    attrs.update(vars(loop))
+    return attrs
+
+
+class LoopPatches:
+    """Wrappers of one loop's methods, undone in reverse order.
+
+    On a watched loop they go on the loop's own class (as static methods: they are
+    called as the loop's attributes would be); on another loop they are instance
+    attributes. A wrapper that somebody else wrapped again after us is left in place
+    on undo (removing it would remove theirs too); every wrapper passes straight
+    through once its detector is switched off, so a wrapper left behind is inert.
     """
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
-        self._done: list[tuple[str, Any, Any]] = []
+        self._done: list[tuple[str, Any, Any, Any]] = []
+
+    def _holder(self, name: str) -> tuple[Any, dict[str, Any]] | None:
+        """Where ``name`` goes, and that holder's own attributes (None: nowhere)."""
+        loop = self.loop
+        cls = own_class(loop)
+        if cls is not None:
+            # (Not vars(loop): before 3.13 that moves the instance's attributes out of
+            # their shared-key storage for good, which is what the class is there for.)
+            return cls, dict(cls.__dict__)
+        try:
+            return loop, vars(loop)
+        except TypeError:
+            return None
 
     def wrap(self, name: str, make: Callable[[Any], Any]) -> bool:
         """Replace ``loop.<name>`` by ``make(current)``; False when the loop takes no
         attributes or has no such method."""
-        loop = self.loop
-        current = getattr(loop, name, None)
-        if current is None:
+        if getattr(self.loop, name, None) is None:
             return False
-        try:
-            previous = vars(loop).get(name, _MISSING)
-        except TypeError:
-            return False
-        wrapper = make(current)
-        try:
-            setattr(loop, name, wrapper)
-        except (AttributeError, TypeError):
-            return False
-        self._done.append((name, wrapper, previous))
-        return True
+        return not self.wrap_each((name,), lambda _name, current: make(current))
 
     def wrap_each(self, names: tuple[str, ...],
                   make: Callable[[str, Any], Any]) -> list[str]:
@@ -112,48 +141,57 @@ class LoopPatches:
         loop has, in one pass (a loop made for each test pays for this); returns the
         names the loop has but would not let be replaced (it takes no attributes)."""
         loop = self.loop
-        try:
-            own: dict[str, Any] | None = vars(loop)
-        except TypeError:
-            own = None
         failed: list[str] = []
         done = self._done
         for name in names:
             current = getattr(loop, name, None)
             if current is None:
                 continue
-            if own is None:
+            where = self._holder(name)
+            if where is None:
                 failed.append(name)
                 continue
+            holder, own = where
             previous = own.get(name, _MISSING)
             wrapper = make(name, current)
+            stored = wrapper if holder is loop else staticmethod(wrapper)
             try:
-                setattr(loop, name, wrapper)
+                setattr(holder, name, stored)
             except (AttributeError, TypeError):
                 failed.append(name)
                 continue
-            done.append((name, wrapper, previous))
+            done.append((name, holder, stored, previous))
+            if holder is not loop and getattr(loop, name, None) is not wrapper:
+                # an instance attribute of that name hides the class's: wrap it instead
+                self.undo_last()
+                previous = vars(loop).get(name, _MISSING)
+                try:
+                    setattr(loop, name, wrapper)
+                except (AttributeError, TypeError):
+                    failed.append(name)
+                    continue
+                done.append((name, loop, wrapper, previous))
         return failed
 
     def undo(self) -> None:
-        loop = self.loop
-        done = self._done
-        if not done:
-            return
-        try:
-            own = vars(loop)
-        except TypeError:
-            done.clear()
-            return
-        while done:
-            name, wrapper, previous = done.pop()
-            if own.get(name) is not wrapper:
-                continue
+        while self._done:
+            self.undo_last()
+
+    def undo_last(self) -> None:
+        """Undo the last wrapper."""
+        if self._done:
+            name, holder, stored, previous = self._done.pop()
+            try:
+                own = holder.__dict__ if isinstance(holder, type) else vars(holder)
+            except TypeError:
+                return
+            if own.get(name) is not stored:
+                return
             try:
                 if previous is _MISSING:
-                    delattr(loop, name)
+                    delattr(holder, name)
                 else:
-                    setattr(loop, name, previous)
+                    setattr(holder, name, previous)
             except (AttributeError, TypeError):
                 pass
 
@@ -365,7 +403,7 @@ PASS_THROUGH: set[CodeType] = set()
 def _passes_through(loop: Any, name: str, value: Any) -> bool:
     """Whether ``loop.<name>`` (an instance attribute) is loopwatch's wrappers around the
     class's own method, and nothing else."""
-    method = getattr(type(loop), name, None)
+    method = getattr(base_class(loop), name, None)
     for _ in range(8):
         if getattr(value, "__self__", None) is loop and getattr(value, "__func__", None) is method:
             return True
@@ -397,9 +435,9 @@ class PostCloseDetector(EventDetector):
         loop = self.watcher.loop
         patches = LoopPatches(loop)
         self._patches = patches
-        codes = _check_closed_codes(type(loop))
+        codes = _check_closed_codes(base_class(loop))
         try:
-            own = vars(loop)
+            own = own_attrs(loop)
         except TypeError:
             own = None
         if codes is not None and own is not None and "_check_closed" not in own and all(

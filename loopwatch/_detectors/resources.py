@@ -226,7 +226,7 @@ class AsyncgenDetector(EventDetector):
         # Attached to a loop that is running now: its hooks are already installed.
         target: Any = loop
         firstiter, _ = sys.get_asyncgen_hooks()
-        original = vars(target)["_asyncgen_firstiter_hook"].__wrapped__
+        original = target._asyncgen_firstiter_hook.__wrapped__
         if firstiter is not None and firstiter == original:
             sys.set_asyncgen_hooks(firstiter=target._asyncgen_firstiter_hook,
                                    finalizer=target._asyncgen_finalizer_hook)
