@@ -212,6 +212,10 @@ class Watcher:
             return key in self._keys
 
     def add_listener(self, callback: Callable[[Finding], None]) -> None:
+        """Call ``callback(finding)`` for each new finding, once: a later finding that
+        replaces it (the same key: a parked task seen again, for longer) is not passed
+        on again, so that a listener that counts findings counts each bug once. The
+        latest version is in :meth:`findings`."""
         self._listeners.append(callback)
 
     def findings(self) -> list[Finding]:
