@@ -28,7 +28,6 @@ it is torn down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import inspect
 import logging
@@ -37,17 +36,19 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 
 from ._exceptions import LoopLeakError, NotWatchedError, OptionsError
+from ._options import Options, make_options
 from ._records import task_id
 from ._report import KINDS, Finding, Report
 from ._watcher import Watcher
 from .testing import (
     ORIGIN_DEPTH,
+    TEST_OPTIONS,
     CheckSettings,
     LeakCheck,
     _OriginTracking,
@@ -55,7 +56,6 @@ from .testing import (
     _parse_patterns,
     format_report,
     parse_checks,
-    subscribe,
     watch_loop,
 )
 
@@ -123,8 +123,19 @@ _session_key = pytest.StashKey["_Session"]()
 _item_key = pytest.StashKey["_ItemCheck"]()
 
 
+#: the last config asked about and its session (the hooks ask several times per test)
+_last: tuple[pytest.Config | None, _Session | None] = (None, None)
+
+
 def _session(config: pytest.Config) -> _Session | None:
-    return config.stash.get(_session_key, None)
+    global _last
+    last = _last
+    if last[0] is config:
+        return last[1]
+    state = config.stash.get(_session_key, None)
+    if state is not None:
+        _last = (config, state)
+    return state
 
 
 # -- garbage ------------------------------------------------------------------------------
@@ -140,6 +151,14 @@ class _Garbage:
     objects made since the last one, which is where that test's garbage is. What was
     frozen and became garbage later is collected by a full pass at module boundaries
     once the frozen heap has grown a lot, and at the end of the session.
+
+    Right after a freeze every generation is empty, and what a test makes reaches the
+    oldest one only through a collection of an older generation than the youngest. So
+    while none has run since the last freeze (a ``gc.callbacks`` hook says), collecting
+    the two young generations walks exactly the objects a full collection would (what
+    is frozen is left to the full passes either way), without a full collection's
+    extra work (CPython empties its free lists then). ``gc.get_freeze_count()`` is not
+    asked: it walks the whole frozen heap.
     """
 
     #: tests between two full passes (each at a module boundary)
@@ -149,18 +168,37 @@ class _Garbage:
         self.mode = mode
         self.frozen = False
         self._since_full = 0
+        #: something may have reached the oldest generation since the last freeze
+        self._old = True
+        self._ours = False
 
     def prepare(self) -> None:
         if self.mode == "test" and not self.frozen:
             # No collection first: garbage made before the first test is nobody's
             # business here, and a full pass costs more than many small tests.
-            gc.freeze()
+            gc.callbacks.append(self._seen)
+            self._freeze()
             self.frozen = True
 
+    def _freeze(self) -> None:
+        gc.freeze()
+        self._old = False
+
+    def _seen(self, phase: str, info: dict[str, Any]) -> None:
+        """A ``gc.callbacks`` hook: a collection that is not ours, of an older
+        generation than the youngest, moves objects into the oldest."""
+        if not self._ours and phase == "start" and info.get("generation", 2) >= 1:
+            self._old = True
+
     def collect(self) -> None:
-        gc.collect()
+        young = self.frozen and not self._old
+        self._ours = True
+        try:
+            gc.collect(1 if young else 2)
+        finally:
+            self._ours = False
         if self.frozen:
-            gc.freeze()
+            self._freeze()
             self._since_full += 1
 
     def boundary(self) -> None:
@@ -168,13 +206,17 @@ class _Garbage:
         if self.frozen and self._since_full >= self.FULL_EVERY:
             gc.unfreeze()
             gc.collect()
-            gc.freeze()
+            self._freeze()
             self._since_full = 0
 
     def release(self) -> None:
         if self.frozen:
             self.frozen = False
             gc.unfreeze()
+            try:
+                gc.callbacks.remove(self._seen)
+            except ValueError:
+                pass
 
 
 # -- the session ---------------------------------------------------------------------------
@@ -214,6 +256,11 @@ class _Session:
         self.tests_with_findings = 0
         #: finding kinds some test may check: loops are attached with the others off
         self.wanted: frozenset[str] = settings.checks
+        #: whether watchers keep a history of finished tasks: only the ``loopwatch``
+        #: fixture (``watcher.tasks(history=True)``) and the parked check read it
+        self.history = True
+        #: the options every loop the plugin attaches to gets (built once)
+        self._options: Options | None = None
         self._terminal_fd: int | None = None
         self._lock = threading.Lock()
 
@@ -245,6 +292,11 @@ class _Session:
                     report_path=config.getoption("loopwatch_report", None),
                     dump_after=dump_after)
         state.track_origins = bool(config.getini("loopwatch_track_origins"))
+        if mode != "off":
+            # Once for the session, not in the middle of its first test.
+            from ._detectors import _classes
+
+            _classes()
         if dump_after is not None:
             # The terminal, as it is before any test output is captured.
             try:
@@ -255,24 +307,36 @@ class _Session:
 
     # -- loops -------------------------------------------------------------------
 
+    def options(self) -> Options:
+        """The options of the loops the plugin attaches to (built once, after collection
+        says which kinds some test checks)."""
+        options = self._options
+        if options is None:
+            # Stragglers and await cycles are judged by the check itself, at the end of
+            # each test; the watchdog's checks are off unless some test asks for them.
+            off = {"straggler"} | ({"stall", "parked", "task_growth", "executor_thread"}
+                                   - self.wanted)
+            if "parked" not in self.wanted:
+                off.add("await_cycle")
+            changes: dict[str, Any] = {
+                **TEST_OPTIONS, "disabled": frozenset(off),
+                "watchdog": bool({"stall", "parked"} & self.wanted),
+                "track_origins": self.track_origins}
+            if not self.history:
+                changes["history"] = 0
+            options = self._options = make_options(**changes)
+        return options
+
     def attach(self, loop: asyncio.AbstractEventLoop) -> Watcher:
         """Watch ``loop`` (once) and send its findings to whichever test is current."""
-        # Stragglers and await cycles are judged by the check itself, at the end of
-        # each test; the watchdog's checks are off unless some test asks for them.
-        off = {"straggler"} | ({"stall", "parked", "task_growth", "executor_thread"}
-                               - self.wanted)
-        if "parked" not in self.wanted:
-            off.add("await_cycle")
         existing = getattr(loop, "_lw_watcher", None)
-        watcher = watch_loop(loop, disabled=frozenset(off),
-                             watchdog=bool({"stall", "parked"} & self.wanted),
-                             track_origins=self.track_origins)
+        watcher = watch_loop(loop, self.options())
         if watcher.serial not in self.open and not watcher.closed:
             self.open[watcher.serial] = weakref.ref(watcher)
             self.bases.add(watcher.base)
             if existing is None:
                 self.ours.add(watcher.serial)
-            subscribe(watcher, self._deliver)
+            watcher.add_listener(self._deliver)
         return watcher
 
     def _deliver(self, finding: Finding) -> None:
@@ -408,7 +472,8 @@ class _Session:
 
     def end(self, ic: _ItemCheck, nextitem: pytest.Item | None, *, raise_ok: bool) -> None:
         """The very end of the teardown phase: judge what is left, release the loops."""
-        boundary = nextitem is None or _module_of(nextitem) is not _module_of(ic.item)
+        boundary = nextitem is None or (nextitem.parent is not ic.item.parent and
+                                        _module_of(nextitem) is not _module_of(ic.item))
         try:
             with ic.guard("the check at the end of the teardown"):
                 self._end_check(ic, boundary)
@@ -465,6 +530,9 @@ class _Session:
             fh.write("\n")
 
     def cleanup(self) -> None:
+        global _last
+        if _last[1] is self:
+            _last = (None, None)
         self.garbage.release()
         if self._terminal_fd is not None:
             try:
@@ -577,17 +645,9 @@ class _ItemCheck:
             check.collect(garbage=state.gc_mode == "test")
         self.conclude(stage="judge", raise_ok=True)
 
-    @contextlib.contextmanager
-    def guard(self, what: str) -> Iterator[None]:
+    def guard(self, what: str) -> _Guard:
         """A failure inside loopwatch never fails the test: it is logged and noted."""
-        try:
-            yield
-        except Exception as exc:
-            log.warning("loopwatch: %s failed: %s: %s", what, type(exc).__name__, exc,
-                        exc_info=exc)
-            if self.check is not None:
-                self.check.notes.append(f"{what} failed inside loopwatch: "
-                                        f"{type(exc).__name__}: {exc}")
+        return _Guard(self, what)
 
     def arm_dump(self, seconds: float) -> None:
         from ._dump import dump_later
@@ -618,6 +678,32 @@ class _ItemCheck:
             self.check.close()
             self.session.stop_closed(self.check.watchers())
             self.check = None
+
+
+class _Guard:
+    """``with ic.guard(what):`` (a class, not a generator: it runs several times in
+    every test)."""
+
+    __slots__ = ("ic", "what")
+
+    def __init__(self, ic: _ItemCheck, what: str) -> None:
+        self.ic = ic
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        what = self.what
+        log.warning("loopwatch: %s failed: %s: %s", what, type(exc).__name__, exc,
+                    exc_info=exc)
+        check = self.ic.check
+        if check is not None:
+            check.notes.append(f"{what} failed inside loopwatch: {type(exc).__name__}: {exc}")
+        return True
 
 
 class _DumpSink:
@@ -721,7 +807,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if state is None:
         return
     wanted = set(state.settings.checks)
+    fixture = False
     for item in items:
+        fixture = fixture or "loopwatch" in getattr(item, "fixturenames", ())
         for mark in item.iter_markers("loopwatch"):
             checks = mark.kwargs.get("checks")
             if checks is not None:
@@ -730,6 +818,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                 except OptionsError:
                     pass  # reported when the test runs
     state.wanted = frozenset(wanted)
+    state.history = fixture or "parked" in wanted
+    state._options = None
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -764,8 +854,7 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Gen
         owner = object()
         before = state.fixture_window(owner)
         fixturedef.addfinalizer(lambda: state.release(owner))
-    func = getattr(fixturedef, "func", None)
-    if (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)) and \
+    if _is_async(getattr(fixturedef, "func", None)) and \
             "anyio_backend" in request.fixturenames:
         try:
             backend = request.getfixturevalue("anyio_backend")
@@ -780,6 +869,24 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Gen
             state.exempt_new(owner, before)
     if _is_runner(fixturedef, result):
         state.adopt_runner(fixturedef, result)
+    return result
+
+
+#: fixture functions seen, and whether each is async (asked at every fixture's setup)
+_async_funcs: dict[Any, bool] = {}
+
+
+def _is_async(func: Any) -> bool:
+    try:
+        return _async_funcs[func]
+    except (KeyError, TypeError):
+        pass
+    result = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+    try:
+        if len(_async_funcs) < 10_000:
+            _async_funcs[func] = result
+    except TypeError:  # not hashable
+        pass
     return result
 
 

@@ -45,6 +45,7 @@ from ._detectors import Detector
 from ._detectors.stragglers import straggler_finding
 from ._exceptions import LoopLeakError, NotWatchedError, OptionsError
 from ._frames import Frame, format_raw, pick_site
+from ._options import Options
 from ._records import coro_name, task_id
 from ._report import KINDS, Finding, Report
 from ._watcher import Watcher
@@ -276,14 +277,18 @@ def subscribe(watcher: Watcher, sink: Callable[[Finding], None]) -> Callable[[],
     return unsubscribe
 
 
-def watch_loop(loop: asyncio.AbstractEventLoop, **options: Any) -> Watcher:
-    """The watcher of ``loop``, attaching one (with :data:`TEST_OPTIONS`) if it has none."""
-    from ._loops import attach
+def watch_loop(loop: asyncio.AbstractEventLoop, options: Options | None = None,
+               **changes: Any) -> Watcher:
+    """The watcher of ``loop``, attaching one if it has none: with ``options`` (built
+    once by a caller that watches many loops), else :data:`TEST_OPTIONS` and ``changes``."""
+    from ._loops import _attach, attach
 
     existing = getattr(loop, "_lw_watcher", None)
     if isinstance(existing, Watcher):
         return existing
-    return attach(loop, **{**TEST_OPTIONS, **options})
+    if options is not None:
+        return _attach(loop, options)
+    return attach(loop, **{**TEST_OPTIONS, **changes})
 
 
 # -- the check ---------------------------------------------------------------------------

@@ -595,6 +595,40 @@ def test_gc_modes(pytester: pytest.Pytester, mode: str, expected: dict[str, list
     assert "PASSED" in r.status["test_last_of_module"], r.text  # its own asserts held
 
 
+OLD_GENERATION_FILE = """
+    import asyncio
+    import gc
+    import pytest
+
+    pytestmark = pytest.mark.asyncio
+
+
+    async def boom():
+        raise ValueError("lost in the oldest generation")
+
+
+    async def test_promoted_then_lost():
+        task = asyncio.create_task(boom(), name="promoted")
+        await asyncio.sleep(0.01)
+        holder = [task]
+        holder.append(holder)
+        gc.collect(1)  # as an automatic collection would: the live cycle moves to the oldest
+        del holder, task  # garbage now, in the oldest generation
+
+
+    async def test_after():
+        await asyncio.sleep(0)
+"""
+
+
+def test_gc_per_test_finds_garbage_in_the_oldest_generation(pytester: pytest.Pytester) -> None:
+    # The per-test collection walks only the young generations while nothing can have
+    # reached the oldest one since the last freeze; here something has.
+    r = run(pytester, {"test_old": OLD_GENERATION_FILE}, "--loopwatch", "-o",
+            "loopwatch_checks=unretrieved_exception")
+    assert r.kinds == {"test_promoted_then_lost": ["unretrieved_exception"]}, r.text
+
+
 def test_off_unless_asked(pytester: pytest.Pytester) -> None:
     files = {"test_off": """
         import asyncio

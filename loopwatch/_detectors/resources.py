@@ -642,7 +642,9 @@ class UnclosedResourceDetector(EventDetector):
         loop = self.watcher.loop
         found: dict[int, tuple[str, Any]] = {}
         transports = getattr(loop, "_transports", None)
-        if transports is not None:
+        # (a WeakValueDictionary: its ``data`` says at once that it is empty, where
+        # walking its values costs several Python calls even then)
+        if transports is not None and getattr(transports, "data", True):
             for tr in list(transports.values()):
                 if _is_open_transport(tr):
                     found[id(tr)] = ("transport", tr)
