@@ -387,7 +387,10 @@ class StallDetector(Detector):
         self._kick.set()
         thread = self._thread
         self._thread = None
-        if thread is not None and thread is not threading.current_thread():
+        # (At interpreter exit, where asyncio's __del__ closes a loop left open, daemon
+        # threads are frozen: waiting for one would only delay the exit by a second.)
+        if thread is not None and thread is not threading.current_thread() \
+                and not sys.is_finalizing():
             thread.join(timeout=1.0)
             if thread.is_alive():
                 log.warning("loopwatch: the watchdog thread did not stop within 1 s")
