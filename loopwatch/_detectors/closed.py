@@ -198,6 +198,9 @@ class LoopPatches:
 
 _MISSING: Any = object()
 _NOTHING: Any = object()
+#: the module of the executor_thread detector's ``_Job`` (matched by name: a test run
+#: that imports the module again makes a second class)
+_RESOURCES = __name__.rsplit(".", 1)[0] + ".resources"
 
 #: id(code) -> is it user code; keyed by id because hashing a code object hashes its
 #: whole content (slow on a hot path). The code object is kept in ``_user_code_refs`` so
@@ -520,10 +523,9 @@ class PostCloseDetector(EventDetector):
         if pos is not None and pos + 1 < code.co_argcount:
             value = called.f_locals.get(code.co_varnames[pos + 1], _NOTHING)
             if value is not _NOTHING:
-                from .resources import _Job
-
-                if isinstance(value, _Job):  # the executor_thread wrapper's, around it
-                    value = value.func
+                kind = type(value)
+                if kind.__name__ == "_Job" and kind.__module__ == _RESOURCES:
+                    value = value.func  # the executor_thread wrapper's job, around it
                 args = (None,) * pos + (value,)
         self.record(method, caller, args)
 
