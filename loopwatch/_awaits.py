@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from ._frames import Frame, frame_of
-from ._records import short_repr, task_id
+from ._records import coro_of, short_repr, task_id
 
 __all__ = [
     "Awaiting",
@@ -99,11 +99,8 @@ def _walk(coro: Any) -> Iterator[FrameType]:
 
 def await_chain(task: asyncio.Future[Any]) -> list[tuple[FrameType, Frame]]:
     """The live frames of the task's await chain, outermost first."""
-    get_coro = getattr(task, "get_coro", None)
-    if get_coro is None:
-        return []
     try:
-        return [(f, frame_of(f)) for f in _walk(get_coro())]
+        return [(f, frame_of(f)) for f in _walk(coro_of(task))]
     except Exception:  # the loop thread moved on under us
         return []
 

@@ -62,6 +62,22 @@ class WatchedTask(asyncio.Task):  # type: ignore[type-arg]
 
 _base_finalize = asyncio.Task.__del__
 
+#: CPython 3.12's ``Task.get_coro()`` crashes the interpreter for a task that finished
+#: eagerly (its coroutine is already released; seen on 3.12.1), where the ``_coro``
+#: attribute says None.
+_GET_CORO_CRASHES = sys.version_info[:2] == (3, 12)
+
+
+def coro_of(task: Any) -> Any:
+    """``task.get_coro()``, safely on every Python (None for what has no coroutine)."""
+    if _GET_CORO_CRASHES:
+        try:
+            return task._coro
+        except AttributeError:
+            pass
+    get_coro = getattr(task, "get_coro", None)
+    return get_coro() if get_coro is not None else None
+
 
 class _HistoryTask(WatchedTask):
     """A watched task that leaves a raw record in its watcher's history when it is
@@ -89,6 +105,7 @@ def task_class(sink: Callable[[tuple[Any, ...]], None] | None) -> type[WatchedTa
     if sink is None:
         return WatchedTask
     base_finalize = _base_finalize
+    get_coro: Callable[[Any], Any] = coro_of if _GET_CORO_CRASHES else asyncio.Task.get_coro
 
     # Methods and slots, not the Task's private attributes: Python looks those up
     # slowly on a subclass, and a finalizer runs for every task.
@@ -100,11 +117,11 @@ def task_class(sink: Callable[[tuple[Any, ...]], None] | None) -> type[WatchedTa
             if not self.done():
                 # the code, not the coroutine: an unfinished one would keep its locals
                 # alive and warn later about its own cleanup
-                state, exc, coro = "PENDING", None, getattr(self.get_coro(), "cr_code", None)
+                state, exc, coro = "PENDING", None, getattr(get_coro(self), "cr_code", None)
             elif self.cancelled():
-                state, exc, coro = "CANCELLED", None, self.get_coro()
+                state, exc, coro = "CANCELLED", None, get_coro(self)
             else:
-                state, exc, coro = "FINISHED", self.exception(), self.get_coro()
+                state, exc, coro = "FINISHED", self.exception(), get_coro(self)
             sink((self._lw_id, self._lw_stack, self._lw_created, self._lw_parent,
                   self._lw_name, state, coro, None if exc is None else _exc_text(exc)))
         except Exception:  # never let loopwatch break a finalizer
@@ -247,7 +264,7 @@ def _foreign_done(sink: Callable[[tuple[Any, ...]], None]) -> Callable[[Any], No
     def done(task: Any) -> None:
         exc = None if task.cancelled() else task._exception
         sink((task._lw_id, task._lw_stack, task._lw_created, task._lw_parent, task.get_name(),
-              task._state, getattr(task.get_coro(), "cr_code", None),
+              task._state, getattr(coro_of(task), "cr_code", None),
               _exc_text(exc) if exc is not None else None))
 
     return done

@@ -18,7 +18,14 @@ from ._awaits import Awaiting, describe
 from ._detectors import HOOKS_OF, own_hooks
 from ._frames import Frame
 from ._options import Options
-from ._records import FinishedTask, coro_name, finished_from_raw, task_class, task_id
+from ._records import (
+    FinishedTask,
+    coro_name,
+    coro_of,
+    finished_from_raw,
+    task_class,
+    task_id,
+)
 from ._report import Finding, Report, TaskRef
 
 if TYPE_CHECKING:
@@ -96,7 +103,7 @@ def task_ref(task: asyncio.Future[Any]) -> TaskRef:
     return TaskRef(
         f"T{task_id(task)}",
         get_name() if get_name else "",
-        coro_name(get_coro()) if get_coro else type(task).__name__,
+        coro_name(coro_of(task)) if get_coro else type(task).__name__,
     )
 
 
@@ -306,7 +313,7 @@ class Watcher:
         return TaskInfo(
             id=f"T{task_id(task)}",
             name=task.get_name() if hasattr(task, "get_name") else "",
-            coro=coro_name(get_coro()) if get_coro is not None else type(task).__name__,
+            coro=coro_name(coro_of(task)) if get_coro is not None else type(task).__name__,
             state=state,
             site=site,
             stack=frames,

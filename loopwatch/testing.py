@@ -46,7 +46,7 @@ from ._detectors.stragglers import straggler_finding
 from ._exceptions import LoopLeakError, NotWatchedError, OptionsError
 from ._frames import Frame, format_raw, pick_site
 from ._options import Options
-from ._records import coro_name, task_id
+from ._records import coro_name, coro_of, task_id
 from ._report import KINDS, Finding, Report
 from ._watcher import Watcher
 
@@ -235,8 +235,7 @@ def _short(path: str) -> str:
 
 
 def _is_framework_task(task: asyncio.Future[Any]) -> bool:
-    get_coro = getattr(task, "get_coro", None)
-    coro = get_coro() if get_coro is not None else None
+    coro = coro_of(task)
     code = getattr(coro, "cr_code", None)
     if code is None:
         return False
@@ -381,7 +380,7 @@ class LeakCheck:
             if ignored is None:
                 name = task.get_name() if hasattr(task, "get_name") else ""
                 get_coro = getattr(task, "get_coro", None)
-                coro = coro_name(get_coro()) if get_coro is not None else ""
+                coro = coro_name(coro_of(task)) if get_coro is not None else ""
                 site = pick_site(format_raw(getattr(task, "_lw_stack", ()) or ()))
                 ignored = self._ignored[n] = self.settings.ignores_task(name, coro, site)
             if ignored:

@@ -326,6 +326,31 @@ def test_eager_task_factory_stays_eager() -> None:
     loopwatch.run(main(), loop=BASE_LOOP, log=False, history=10)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
+def test_tasks_finished_eagerly_are_recorded_and_reported() -> None:
+    # CPython 3.12's Task.get_coro() crashes for a task that finished eagerly: the
+    # history finalizer and findings must not call it.
+    async def quick() -> int:
+        return 1
+
+    async def failing() -> None:
+        raise ValueError("lost")
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        t = asyncio.create_task(quick(), name="quick")
+        assert t.done()
+        asyncio.create_task(failing(), name="failing")  # finished, its exception lost
+        del t
+        gc.collect()
+        w = loopwatch.watcher()
+        done = {i.name: i for i in w.tasks(history=True) if i.state != "pending"}
+        assert done["quick"].outcome == "result"
+        assert [f.kind for f in w.findings()] == ["unretrieved_exception"]
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False, history=10)
+
+
 def test_await_chain_follows_tasks_and_gather() -> None:
     async def leaf(ev: asyncio.Event) -> None:
         await ev.wait()

@@ -22,7 +22,7 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._frames import Frame, RawStack, format_raw
-from .._records import coro_name
+from .._records import coro_name, coro_of
 from .._report import Finding
 from . import Detector
 from .closed import code_site, is_user_code
@@ -165,7 +165,7 @@ def _site_of(raw: RawStack) -> Frame | None:
 
 def _coro_of(task: Any) -> str:
     try:
-        coro = task.get_coro()
+        coro = coro_of(task)
     except Exception:
         return type(task).__name__
     code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)

@@ -31,7 +31,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from .._frames import Frame, format_raw, frame_of, pick_site
-from .._records import coro_name
+from .._records import coro_name, coro_of
 from .._report import Finding
 from . import Detector
 from .closed import EventDetector, raw_from, times
@@ -377,7 +377,7 @@ class DestroyedPendingDetector(Detector):
                 where += f" at {parked.file}:{parked.line}"
             where += ")"
         if not info.stack:
-            coro = task.get_coro() if hasattr(task, "get_coro") else None
+            coro = coro_of(task)
             frame = getattr(coro, "cr_frame", None)
             if frame is not None:
                 stacks["coroutine"] = [frame_of(frame)]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._awaits import Awaiting, describe, find_cycles
 from .._frames import Frame, format_raw, is_library, pick_site
-from .._records import task_id
+from .._records import coro_of, task_id
 from .._report import Finding, TaskRef
 from .._watcher import weak_waiter
 from . import Detector
@@ -164,8 +164,7 @@ def _classify(waiter: Any, cache: dict[type, int]) -> int:
 
 def _innermost_code(task: asyncio.Future[Any]) -> Any:
     """The code of the innermost coroutine of ``task``'s await chain (cheap)."""
-    get_coro = getattr(task, "get_coro", None)
-    obj = get_coro() if get_coro is not None else None
+    obj = coro_of(task)
     code = None
     for _ in range(200):
         frame = getattr(obj, "cr_frame", None)
@@ -187,8 +186,7 @@ def _compiled_await(task: asyncio.Future[Any]) -> str:
     ``Server.serve_forever`` is Cython: no frame, so ``describe`` calls it a future)."""
     import gc
 
-    get_coro = getattr(task, "get_coro", None)
-    obj = get_coro() if get_coro is not None else None
+    obj = coro_of(task)
     for _ in range(200):
         nxt = getattr(obj, "cr_await", None) if hasattr(obj, "cr_frame") else None
         if nxt is None:

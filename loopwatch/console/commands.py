@@ -37,7 +37,7 @@ from rich.tree import Tree
 from .._awaits import describe, find_cycles, waits_on
 from .._detectors.parked import task_refs
 from .._frames import Frame, RawStack, frame_of, is_library, pick_site, raw_site
-from .._records import coro_name, task_id
+from .._records import coro_name, coro_of, task_id
 from .._render import (
     format_seconds,
     render_text,
@@ -690,8 +690,7 @@ class _Scan:
                 created = getattr(task, "_lw_created", None)
                 parent = getattr(task, "_lw_parent", 0) or 0
                 waiter = getattr(task, "_fut_waiter", None)
-                get_coro = getattr(task, "get_coro", None)
-                coro = get_coro() if get_coro is not None else None
+                coro = coro_of(task)
                 code = getattr(coro, "cr_code", None)
             key = (id(raw[0]), raw[1], id(code), parent) if raw else (0, 0, id(code), parent)
             shared = by_frame.get(key)
