@@ -63,8 +63,8 @@ class WatchedTask(asyncio.Task):  # type: ignore[type-arg]
 _base_finalize = asyncio.Task.__del__
 
 #: CPython 3.12's ``Task.get_coro()`` crashes the interpreter for a task that finished
-#: eagerly (its coroutine is already released; seen on 3.12.1), where the ``_coro``
-#: attribute says None.
+#: eagerly (its coroutine is already released; python/cpython#122332, fixed in a later
+#: 3.12 bugfix release; seen here on 3.12.1), where the ``_coro`` attribute says None.
 _GET_CORO_CRASHES = sys.version_info[:2] == (3, 12)
 
 
