@@ -21,8 +21,16 @@ async def forever(event: asyncio.Event) -> None:
     await event.wait()
 
 
+#: the stragglers, held the way a program holds its tasks: a pending task that nothing
+#: holds can be garbage-collected at any moment, and is then (rightly) a
+#: destroyed_pending finding besides the straggler
+_held: set[asyncio.Task[None]] = set()
+
+
 async def leave_straggler() -> int:
-    asyncio.create_task(forever(asyncio.Event()), name="left-behind")
+    task = asyncio.create_task(forever(asyncio.Event()), name="left-behind")
+    _held.add(task)
+    task.add_done_callback(_held.discard)
     await asyncio.sleep(0)
     return 42
 
@@ -406,6 +414,7 @@ def test_report_json_round_trip() -> None:
     report = seen[0].report()
     data = report.to_dict()
     assert data["schema"] == 1
+    assert len(data["findings"]) == 1, [(x["kind"], x["message"]) for x in data["findings"]]
     (f,) = data["findings"]
     assert f["kind"] == "straggler"
     assert set(f) >= {"kind", "message", "task", "site", "stacks", "hint"}

@@ -302,7 +302,10 @@ def test_blocking_service_example_under_python_and_loopwatch_run(tmp_path: Path)
     assert data.loop == BASE_LOOP
     found = data.of_kind("stall")
     assert {f.site.function for f in found if f.site} == {"password_ok", "fetch_profile"}
-    assert all(f.site is not None and f.site.file == example for f in found)
+    # A stall with no site is a loaded machine's (the process did not get the CPU, or
+    # the watchdog never ran while it lasted): true, and not the program's line.
+    assert all(f.site is None or f.site.file == example for f in found), \
+        [(f.site, f.details) for f in found]
 
 
 def test_an_attached_loop_is_watched_and_its_pauses_are_not_stalls() -> None:
