@@ -171,6 +171,8 @@ class _Garbage:
         #: something may have reached the oldest generation since the last freeze
         self._old = True
         self._ours = False
+        #: collected since the last freeze: freeze once the test's loops are let go
+        self._settle = False
 
     def prepare(self) -> None:
         if self.mode == "test" and not self.frozen:
@@ -197,9 +199,27 @@ class _Garbage:
             gc.collect(1 if young else 2)
         finally:
             self._ours = False
-        if self.frozen:
-            self._freeze()
-            self._since_full += 1
+        # Not frozen yet: the test's loops are still held (by its check) and would be
+        # frozen with the rest, kept until the next full pass (a uvloop loop holds a
+        # 256 KB buffer, and each new loop then faults in fresh pages).
+        self._settle = self.frozen
+
+    def settle(self) -> None:
+        """The test is over and its loops are let go: free them, then freeze the rest.
+
+        They survived the judging collection, which moved them to the oldest
+        generation, so this pass is a full one; it walks only what was made since the
+        last freeze all the same."""
+        if not self._settle:
+            return
+        self._settle = False
+        self._ours = True
+        try:
+            gc.collect(2)
+        finally:
+            self._ours = False
+        self._freeze()
+        self._since_full += 1
 
     def boundary(self) -> None:
         """A module boundary: now and then, a full pass over what was frozen."""
@@ -678,6 +698,7 @@ class _ItemCheck:
             self.check.close()
             self.session.stop_closed(self.check.watchers())
             self.check = None
+            self.session.garbage.settle()
 
 
 class _Guard:

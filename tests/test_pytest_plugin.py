@@ -786,3 +786,32 @@ def test_a_failure_inside_loopwatch_never_fails_a_test(pytester: pytest.Pytester
     assert r.kinds == {"test_never_awaited_still_found": ["never_awaited"]}, r.text
     assert "the check at the end of the test failed inside loopwatch: RuntimeError: a bug " \
            "in loopwatch" in " ".join(r.text.split())
+
+
+def test_a_tests_loop_is_freed_when_the_test_ends(pytester: pytest.Pytester) -> None:
+    # The plugin freezes what survives each test's collection (so that the next one
+    # walks only new objects); a test's watched loop must not be frozen with it, or
+    # every loop of the session would stay in memory (a uvloop loop holds 256 KB).
+    r = run(pytester, {"test_one": """
+        import asyncio
+        import weakref
+
+        import pytest
+
+        pytestmark = pytest.mark.asyncio
+        loops = []
+
+
+        @pytest.mark.parametrize("n", range(3))
+        async def test_make_a_loop(n):
+            loops.append(weakref.ref(asyncio.get_running_loop()))
+            await asyncio.sleep(0)
+
+
+        def test_the_loops_are_gone():
+            assert len(loops) == 3
+            assert [ref() for ref in loops] == [None, None, None]
+    """}, "--loopwatch")
+    assert r.status == {"test_make_a_loop[0]": {"PASSED"}, "test_make_a_loop[1]": {"PASSED"},
+                        "test_make_a_loop[2]": {"PASSED"}, "test_the_loops_are_gone": {"PASSED"}}, \
+        r.text
