@@ -10,9 +10,9 @@ the plugins' imports, which would dilute the ratio), and of the CPU time from se
 start to session finish (the suite's conftest reads it: steadier on a busy machine;
 the session time also holds the terminal summary); the ratio of whole-process wall
 times is given too. Plugin autoloading is off: only pytest-asyncio and loopwatch's
-plugin are loaded, so that no other installed plugin's cost dilutes the ratio. The first test writes
-down whether its loop is watched, so that a ``--loopwatch`` run that does not watch
-is not taken for a cheap one.
+plugin are loaded, so that no other installed plugin's cost dilutes the ratio. The
+first test writes down whether its loop is watched, so that a ``--loopwatch`` run that
+does not watch is not taken for a cheap one.
 """
 
 from __future__ import annotations

@@ -93,15 +93,6 @@ class _HistoryTask(WatchedTask):
         self._lw_name = self.get_name()
 
 
-def _awaitable_name(obj: Any) -> str:
-    """The name of a task's awaitable that is not a native coroutine (a generator made
-    with ``types.coroutine``, say)."""
-    try:
-        return coro_name(obj)
-    except Exception:
-        return type(obj).__qualname__
-
-
 def _exc_text(exc: BaseException) -> str:
     try:
         return f"{type(exc).__name__}: {exc}"[:200]
@@ -134,12 +125,12 @@ def task_class(sink: Callable[[tuple[Any, ...]], None] | None) -> type[WatchedTa
             # the garbage collector does not track (code, numbers, strings) costs nothing
             # at each collection: 1000 coroutines in the history cost every task some
             # 4000 machine instructions of collector time.
+            # (An awaitable that is not a native coroutine leaves its name instead.)
             coro = get_coro(self)
-            code = getattr(coro, "cr_code", None)
+            code = getattr(coro, "cr_code", None) or (
+                coro_name(coro) if coro is not None else None)
             sink((self._lw_id, self._lw_stack, self._lw_created, self._lw_parent,
-                  self._lw_name, state,
-                  code if code is not None or coro is None else _awaitable_name(coro),
-                  None if exc is None else _exc_text(exc)))
+                  self._lw_name, state, code, None if exc is None else _exc_text(exc)))
         except Exception:  # never let loopwatch break a finalizer
             pass
 
@@ -373,18 +364,10 @@ def _module_of(filename: str) -> str | None:
     except KeyError:
         pass
     result = None
-    # dict.copy() takes the modules in one step; list(sys.modules.items()) does not, and
-    # another thread importing while it runs makes it raise "dictionary changed size
-    # during iteration" (seen with aiomonitor's console thread).
-    for _ in range(3):
-        try:
-            modules = sys.modules.copy()
-            break
-        except RuntimeError:
-            continue
-    else:
-        return None
-    for name, mod in modules.items():
+    # dict.copy() takes the modules in one step (it runs no Python code, so no other
+    # thread can import meanwhile); list(sys.modules.items()) does not, and raised
+    # "dictionary changed size during iteration" next to aiomonitor's console thread.
+    for name, mod in sys.modules.copy().items():
         if getattr(mod, "__file__", None) == filename:
             result = name
             break

@@ -192,13 +192,15 @@ class _Garbage:
         if not self._ours and phase == "start" and info.get("generation", 2) >= 1:
             self._old = True
 
-    def collect(self) -> None:
-        young = self.frozen and not self._old
+    def _collect(self, generation: int) -> None:
         self._ours = True
         try:
-            gc.collect(1 if young else 2)
+            gc.collect(generation)
         finally:
             self._ours = False
+
+    def collect(self) -> None:
+        self._collect(1 if self.frozen and not self._old else 2)
         # Not frozen yet: the test's loops are still held (by its check) and would be
         # frozen with the rest, kept until the next full pass (a uvloop loop holds a
         # 256 KB buffer, and each new loop then faults in fresh pages).
@@ -215,11 +217,7 @@ class _Garbage:
         if not self._settle:
             return
         self._settle = False
-        self._ours = True
-        try:
-            gc.collect(2)
-        finally:
-            self._ours = False
+        self._collect(2)
         self._freeze()
         self._since_full += 1
 
