@@ -17,8 +17,9 @@ PIP_INSTALL := -m pip install --disable-pip-version-check -q
 
 $(VENV): $(VENV)/.installed
 
-# Reinstalls only when pyproject.toml changes (the install is editable).
-$(VENV)/.installed: pyproject.toml
+# Reinstalls only when pyproject.toml or the compiled speedups change (the install is
+# editable; the install compiles loopwatch/_speedups.c, see hatch_build.py).
+$(VENV)/.installed: pyproject.toml hatch_build.py loopwatch/_speedups.c
 	@test -n "$(PYTHON)" || { echo "error: neither python3 nor python is on PATH" >&2; exit 1; }
 	@$(VENV)/bin/python -c 'import sys' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/python $(PIP_INSTALL) -e '.[$(EXTRAS)]'
@@ -30,7 +31,7 @@ demo: $(VENV)
 	$(VENV)/bin/loopwatch run --parked-after 0.5 --verbose examples/demo.py
 
 lint: $(VENV)
-	$(VENV)/bin/ruff check $(wildcard loopwatch tests examples benchmarks)
+	$(VENV)/bin/ruff check $(wildcard loopwatch tests examples benchmarks hatch_build.py)
 	$(VENV)/bin/mypy
 
 test: lint

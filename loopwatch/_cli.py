@@ -219,6 +219,7 @@ def build_parser(*, console: bool = True) -> tuple[_Parser, argparse.ArgumentPar
     """The ``loopwatch`` parser and its ``run`` subparser (with the console's commands
     unless ``console`` is false: ``loopwatch run`` does not need them)."""
     from . import __version__
+    from ._records import speedups
 
     parser = _Parser(
         prog=PROG,
@@ -227,7 +228,9 @@ def build_parser(*, console: bool = True) -> tuple[_Parser, argparse.ArgumentPar
                     "left behind when it closed.",
         allow_abbrev=False,
     )
-    parser.add_argument("--version", action="version", version=f"loopwatch {__version__}")
+    # (whether the per-task paths are compiled matters for overhead: say which)
+    build = "compiled speedups" if speedups is not None else "pure Python"
+    parser.add_argument("--version", action="version", version=f"loopwatch {__version__} ({build})")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     run = _add_run_parser(subparsers)
     if console:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._options import Options, make_options
-from ._records import _STOP, _ids, make_task_factory, record_existing
+from ._records import _STOP, _ids, make_task_factory, record_existing, speedups
 from ._watcher import Watcher
 
 __all__ = [
@@ -35,9 +35,22 @@ T = TypeVar("T")
 _monotonic = time.monotonic
 _current_task = asyncio.current_task
 _getframe = sys._getframe
-_tasks_create_task = asyncio.tasks.create_task.__code__
 
 _modname: Callable[[int], str | None] | None = getattr(sys, "_getframemodulename", None)
+
+# The files and modules of asyncio's own create_task plumbing (asyncio.create_task,
+# ensure_future, TaskGroup.create_task, run_until_complete): the fast path starts a
+# creation stack at the first frame from elsewhere.
+_PLUMBING_MODULES = frozenset({"asyncio.tasks", "asyncio.taskgroups", "asyncio.base_events"})
+_PLUMBING_FILES = frozenset(
+    f.__code__.co_filename for f in (
+        asyncio.tasks.ensure_future,
+        asyncio.base_events.BaseEventLoop.create_task,
+        # (3.11+; on 3.10 this repeats the line above)
+        getattr(getattr(asyncio, "taskgroups", None), "TaskGroup",
+                asyncio.BaseEventLoop).create_task,
+    )
+)
 
 
 _SHUTDOWN_STEPS = frozenset({"shutdown_asyncgens", "shutdown_default_executor"})
@@ -72,8 +85,13 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
     less for every task), and keeps its state in closure cells rather than attributes
     of the loop, which Python cannot look up quickly on a subclass of a C loop class.
     It is a method of the loop's own class, taken away when the loop needs the base
-    loop's own path (see ``_lw_choose_path``).
+    loop's own path (see ``_lw_choose_path``). Where ``loopwatch._speedups`` was built,
+    it is the compiled version of the same function.
     """
+    if speedups is not None:
+        fast = speedups.FastCreateTask(loop, task_class, depth, _WatchedLoopMixin.create_task,
+                                       _current_task, _STOP, _PLUMBING_FILES)
+        return fast, fast.forget
     last_frame: Any = None
     last_lasti = -1
     last_stack: tuple[Any, ...] = ()
@@ -83,7 +101,8 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
     getframe = _getframe
     modname = _modname
     stop = _STOP
-    create_task_code = _tasks_create_task
+    plumbing_files = _PLUMBING_FILES
+    plumbing_modules = _PLUMBING_MODULES
 
     def forget_frame() -> None:
         nonlocal last_frame
@@ -128,15 +147,21 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
             task = task_class(coro, loop=loop, name=name, context=context)
         task._lw_id = next(ids)
         task._lw_name = name
-        parent: Any = current_task(loop)
+        parent: Any = None
         try:
+            parent = current_task(loop)
             if depth:
+                # Start below asyncio's own create_task plumbing (asyncio.create_task,
+                # ensure_future, TaskGroup.create_task).
                 f: Any
-                if modname is not None:  # 3.12+: skip asyncio.create_task unmaterialized
-                    f = getframe(2 if modname(1) == "asyncio.tasks" else 1)
+                if modname is not None:  # 3.12+: look without materializing frames
+                    d = 1
+                    while modname(d) in plumbing_modules:
+                        d += 1
+                    f = getframe(d)
                 else:
                     f = getframe(1)
-                    if f.f_code is create_task_code:
+                    while f.f_code.co_filename in plumbing_files:
                         f = f.f_back
                 # A frame still at the instruction of the last capture has the same
                 # callers at the same lines: the same stack. (Tasks are mostly made in

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -104,6 +105,10 @@ def task_class(sink: Callable[[tuple[Any, ...]], None] | None) -> type[WatchedTa
     """The task class of one watcher: finished tasks go to ``sink`` (no history: None)."""
     if sink is None:
         return WatchedTask
+    if speedups is not None:  # the same finalizer, compiled
+        cls = type("WatchedTask", (_HistoryTask,), {"__slots__": (), "__module__": __name__})
+        speedups.install_finalizer(cls, sink)
+        return cls
     base_finalize = _base_finalize
     get_coro: Callable[[Any], Any] = coro_of if _GET_CORO_CRASHES else asyncio.Task.get_coro
 
@@ -401,3 +406,21 @@ def short_repr(obj: Any, limit: int = 100) -> str:
     except Exception:
         text = f"<{type(obj).__name__}>"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _load_speedups() -> Any:
+    """The compiled versions of the per-task paths (``_speedups.c``), or None where
+    they were not built or ``LOOPWATCH_NO_SPEEDUPS`` is set: the Python versions in
+    this module and in ``_loops`` do the same, more slowly."""
+    if os.environ.get("LOOPWATCH_NO_SPEEDUPS"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:
+        return None
+    _speedups.configure(WatchedTask, _ids, coro_name, _exc_text, _monotonic)
+    return _speedups
+
+
+#: ``loopwatch._speedups`` when it is in use, else None
+speedups = _load_speedups()

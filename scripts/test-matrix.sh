@@ -6,6 +6,9 @@
 #        LOOPS    base loops        (default "asyncio uvloop"), passed to the
 #                 suite as LOOPWATCH_TEST_LOOP
 #        EXTRAS   extras installed  (default "dev,uvloop,aiomonitor")
+#        PURE     "1" (default): one more run, on the last Python with the first loop,
+#                 with LOOPWATCH_NO_SPEEDUPS=1: loopwatch's Python paths, which are
+#                 what runs where the compiled speedups were not built; "0": none
 #
 # Each Python gets its own venv in .venvs/pyX.Y, reinstalled only when
 # pyproject.toml changes. A version that is not installed is skipped with a
@@ -18,6 +21,7 @@ cd "$(dirname "$0")/.." || exit 1
 PYTHONS=${PYTHONS:-"3.10 3.11 3.12 3.13"}
 LOOPS=${LOOPS:-"asyncio uvloop"}
 EXTRAS=${EXTRAS:-"dev,uvloop,aiomonitor"}
+PURE=${PURE:-1}
 
 # Prints the path of an interpreter for version $1 (X.Y) that really runs and
 # really is X.Y, or nothing. pyenv's versions directory comes first: a pyenv
@@ -47,15 +51,20 @@ ensure_venv() {
         rm -rf "$venv"
         "$base" -m venv "$venv" >&2 || return 1
     fi
-    if [ ! -f "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
+    stamp=$venv/.installed
+    # (hatch_build.py compiles loopwatch/_speedups.c at install: a change to either
+    # needs a reinstall too)
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ hatch_build.py -nt "$stamp" ] \
+            || [ loopwatch/_speedups.c -nt "$stamp" ]; then
         echo "installing loopwatch[$EXTRAS] into $venv" >&2
         "$venv/bin/python" -m pip install --disable-pip-version-check -q -e ".[$EXTRAS]" >&2 || return 1
-        touch "$venv/.installed"
+        touch "$stamp"
     fi
     echo "$venv/bin/python"
 }
 
 passed=0 failed=0 skipped=0 failures=
+last_v= last_py= last_vpy=
 for v in $PYTHONS; do
     if ! py=$(find_python "$v"); then
         echo "SKIP python $v: not installed"
@@ -68,6 +77,7 @@ for v in $PYTHONS; do
         failures="$failures py$v/venv"
         continue
     fi
+    last_v=$v last_py=$py last_vpy=$vpy
     for loop in $LOOPS; do
         echo
         echo "=== python $v ($py) x $loop ==="
@@ -82,6 +92,20 @@ for v in $PYTHONS; do
         fi
     done
 done
+
+if [ "$PURE" = 1 ] && [ -n "$last_vpy" ]; then
+    loop=${LOOPS%% *}
+    echo
+    echo "=== python $last_v ($last_py) x $loop, pure Python (LOOPWATCH_NO_SPEEDUPS=1) ==="
+    LOOPWATCH_NO_SPEEDUPS=1 LOOPWATCH_TEST_LOOP=$loop "$last_vpy" -m pytest -q -p no:cacheprovider "$@"
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        failures="$failures py$last_v/$loop-pure(exit $rc)"
+    fi
+fi
 
 echo
 [ -n "$failures" ] && echo "failed runs:$failures"

@@ -594,7 +594,11 @@ def test_version_and_run_help(tmp_path: Path) -> None:
 
     version = subprocess.run([*LOOPWATCH, "--version"], capture_output=True, text=True,
                              timeout=30)
-    assert (version.returncode, version.stdout) == (0, f"loopwatch {loopwatch.__version__}\n")
+    from loopwatch._records import speedups
+
+    build = "compiled speedups" if speedups is not None else "pure Python"
+    assert (version.returncode, version.stdout) == (
+        0, f"loopwatch {loopwatch.__version__} ({build})\n")
     helped = subprocess.run([*LOOPWATCH, "run", "--help"], capture_output=True, text=True,
                             timeout=30)
     assert helped.returncode == 0

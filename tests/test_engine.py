@@ -16,6 +16,24 @@ from loopwatch import NotWatchedError, OptionsError
 
 from .conftest import BASE_LOOP
 
+IMPLEMENTATIONS = ("compiled", "python")
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test on the compiled per-task paths (loopwatch/_speedups.c) and on their
+    Python versions, which are the fallback where the speedups were not built."""
+    import loopwatch._loops as loops
+    import loopwatch._records as records
+
+    if request.param == "compiled":
+        if records.speedups is None:
+            pytest.skip("loopwatch._speedups is not built here (or LOOPWATCH_NO_SPEEDUPS is set)")
+    else:
+        monkeypatch.setattr(records, "speedups", None)
+        monkeypatch.setattr(loops, "speedups", None)
+    return str(request.param)
+
 
 async def forever(event: asyncio.Event) -> None:
     await event.wait()
@@ -117,7 +135,7 @@ def test_anyio_run_with_loop_factory() -> None:
     assert len(stragglers(seen[0])) == 1
 
 
-def test_plain_loop_close_reports_stragglers() -> None:
+def test_plain_loop_close_reports_stragglers(implementation: str) -> None:
     loop = loopwatch.loop_factory(BASE_LOOP, log=False)()
     loop.run_until_complete(leave_straggler())
     w = loopwatch.watcher(loop)
@@ -173,7 +191,7 @@ def test_watcher_of_unwatched_loop_is_an_error() -> None:
         loopwatch.watcher()
 
 
-def test_records_ids_parent_coro_and_get_coro() -> None:
+def test_records_ids_parent_coro_and_get_coro(implementation: str) -> None:
     async def child() -> None:
         await asyncio.sleep(0)
 
@@ -195,7 +213,7 @@ def test_records_ids_parent_coro_and_get_coro() -> None:
     loopwatch.run(main(), loop=BASE_LOOP, log=False)
 
 
-def test_no_strong_reference_to_tasks() -> None:
+def test_no_strong_reference_to_tasks(implementation: str) -> None:
     async def main() -> None:
         task = asyncio.create_task(asyncio.sleep(0))
         await task
@@ -208,7 +226,7 @@ def test_no_strong_reference_to_tasks() -> None:
     loopwatch.run(main(), loop=BASE_LOOP, log=False)
 
 
-def test_task_dropped_by_a_returned_function_is_released() -> None:
+def test_task_dropped_by_a_returned_function_is_released(implementation: str) -> None:
     # create_task remembers the last creating frame to share its stack with the rest
     # of a batch; that must not keep the frame's locals (here the task) alive.
     def spawn() -> weakref.ref[asyncio.Task[None]]:
@@ -225,7 +243,7 @@ def test_task_dropped_by_a_returned_function_is_released() -> None:
     loopwatch.run(main(), loop=BASE_LOOP, log=False)
 
 
-def test_batches_share_a_stack_and_callers_keep_their_own() -> None:
+def test_batches_share_a_stack_and_callers_keep_their_own(implementation: str) -> None:
     async def work() -> None:
         await asyncio.sleep(0)
 
@@ -251,7 +269,7 @@ def test_batches_share_a_stack_and_callers_keep_their_own() -> None:
     loopwatch.run(main(), loop=BASE_LOOP, log=False)
 
 
-def test_history_keeps_outcomes() -> None:
+def test_history_keeps_outcomes(implementation: str) -> None:
     async def ok() -> int:
         return 1
 
@@ -335,7 +353,7 @@ def test_eager_task_factory_stays_eager() -> None:
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
-def test_tasks_finished_eagerly_are_recorded_and_reported() -> None:
+def test_tasks_finished_eagerly_are_recorded_and_reported(implementation: str) -> None:
     # CPython 3.12's Task.get_coro() crashes for a task that finished eagerly: the
     # history finalizer and findings must not call it.
     async def quick() -> int:
@@ -441,15 +459,150 @@ def test_loop_factory_with_a_callable_base_attaches() -> None:
     assert [f.task.name for f in stragglers(w) if f.task] == ["left-behind"]
 
 
-def test_tasks_survive_recording_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tasks_survive_recording_failure(
+        implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import loopwatch._loops as loops
 
-    def broken(depth: int) -> object:
+    def broken(*args: object) -> object:
         raise RuntimeError("inside loopwatch")
 
+    # (the Python path looks at frames through _getframe; both ask _current_task for
+    # the parent)
     monkeypatch.setattr(loops, "_getframe", broken)
+    monkeypatch.setattr(loops, "_current_task", broken)
 
     async def main() -> int:
-        return await asyncio.create_task(asyncio.sleep(0, 7))
+        return await asyncio.create_task(asyncio.sleep(0, 7), name="seven")
 
     assert loopwatch.run(main(), loop=BASE_LOOP, log=False) == 7
+
+
+def test_a_keyboard_interrupt_while_recording_reaches_the_program(
+        implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A signal handler can run inside what the recording calls: its exception is the
+    # program's, not one of loopwatch's own to swallow.
+    import loopwatch._loops as loops
+
+    def interrupted(*args: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loops, "_current_task", interrupted)
+    loop = loopwatch.loop_factory(BASE_LOOP, log=False)()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.create_task(asyncio.sleep(0))
+        # The task was made and scheduled before the interrupt: it still runs.
+        done = loop.create_future()
+        loop.call_soon(loop.call_soon, done.set_result, None)
+        loop.run_until_complete(done)
+        assert not asyncio.all_tasks(loop)
+    finally:
+        loop.close()
+
+
+def test_the_compiled_speedups_are_built_where_a_compiler_is() -> None:
+    # The spawn figure (docs/benchmarks.md) depends on them; a build that quietly
+    # fell back to Python would only show there.
+    import os
+    import shlex
+    import shutil
+    import sysconfig
+
+    import loopwatch._records as records
+
+    if os.environ.get("LOOPWATCH_NO_SPEEDUPS"):
+        pytest.skip("LOOPWATCH_NO_SPEEDUPS is set")
+    compiler = shlex.split(sysconfig.get_config_var("LDSHARED") or "")[:1]
+    if not compiler or shutil.which(compiler[0]) is None:
+        pytest.skip("no C compiler here: loopwatch runs on its Python paths")
+    assert records.speedups is not None
+
+
+_SAME_RECORDS = """
+import asyncio, contextvars, gc, json, sys
+import loopwatch
+
+async def leaf(n):
+    await asyncio.sleep(0)
+    return n
+
+async def boom():
+    raise ValueError("boom")
+
+async def hang():
+    await asyncio.Event().wait()
+
+def spawn_batch():
+    return [asyncio.create_task(leaf(i)) for i in range(3)]
+
+async def main():
+    loop = asyncio.get_running_loop()
+    t1 = asyncio.create_task(leaf(1), name="named")
+    if sys.version_info >= (3, 11):
+        t2 = loop.create_task(leaf(2), context=contextvars.copy_context())
+    else:
+        t2 = loop.create_task(leaf(2))
+    t3 = asyncio.ensure_future(leaf(3))
+    batch = spawn_batch()
+    t4 = asyncio.create_task(boom())
+    await asyncio.gather(t1, t2, t3, *batch, t4, return_exceptions=True)
+    loop.call_soon(loop.create_task, leaf(5))
+    if sys.version_info >= (3, 11):
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(leaf(6), name="in-group")
+    await asyncio.sleep(0)
+    c = asyncio.create_task(hang())
+    await asyncio.sleep(0)
+    c.cancel()
+    await asyncio.sleep(0)
+    asyncio.create_task(hang())  # dropped while pending: destroyed
+    await asyncio.sleep(0)
+    del t1, t2, t3, t4, batch, c
+    gc.collect()
+    await asyncio.sleep(0)
+    gc.collect()
+    w = loopwatch.watcher()
+    out = []
+    for i in w.tasks(history=True):
+        out.append([i.number, i.name, i.coro, i.state, getattr(i, "outcome", None),
+                    getattr(i, "detail", None), i.parent,
+                    [(f.function, f.line) for f in i.stack]])
+    print(json.dumps(out))
+
+loopwatch.run(main(), loop=sys.argv[1], log=False)
+"""
+
+
+def test_compiled_and_python_paths_record_the_same(tmp_path: object) -> None:
+    import json
+    import os
+    import pathlib
+    import subprocess
+
+    import loopwatch._records as records
+
+    if records.speedups is None:
+        pytest.skip("loopwatch._speedups is not built here (or LOOPWATCH_NO_SPEEDUPS is set)")
+    script = pathlib.Path(str(tmp_path)) / "records.py"
+    script.write_text(_SAME_RECORDS)
+    runs = []
+    for pure in ("", "1"):
+        env = {**os.environ, "LOOPWATCH_NO_SPEEDUPS": pure, "PYTHONWARNINGS": "ignore"}
+        proc = subprocess.run([sys.executable, str(script), BASE_LOOP], capture_output=True,
+                              text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout.splitlines()[-1]))
+    compiled, python = runs
+    # (ids are numbers from one counter; the first task of each run is the same one)
+    for rows in runs:
+        first = rows[0][0]
+        for row in rows:
+            row[0] -= first
+            if row[6] is not None:
+                row[6] = int(row[6][1:]) - first
+    assert compiled == python
+    outcomes = {(row[2].rsplit(".", 1)[-1], row[4]) for row in compiled}
+    assert {("leaf", "result"), ("boom", "exception"), ("hang", "cancelled"),
+            ("hang", "destroyed")} <= outcomes
+    named = [row for row in compiled if row[1] == "named"]
+    assert named and named[0][7][-1][0].endswith("main")

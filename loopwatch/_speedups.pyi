@@ -1,0 +1,16 @@
+# The compiled per-task paths (loopwatch/_speedups.c); see loopwatch._records.speedups.
+from collections.abc import Callable, Iterator
+from typing import Any
+
+def configure(task_type: type[Any], ids: Iterator[int], coro_name: Callable[[Any], str],
+              exc_text: Callable[[BaseException], str],
+              monotonic: Callable[[], float]) -> None: ...
+def install_finalizer(cls: type[Any], sink: Callable[[tuple[Any, ...]], None]) -> None: ...
+
+class FastCreateTask:
+    def __init__(self, loop: Any, task_class: type[Any], depth: int,
+                 slow: Callable[..., Any], current_task: Callable[[Any], Any],
+                 stop_code: Any, skip_files: frozenset[str]) -> None: ...
+    def __call__(self, loop: Any, coro: Any, *, name: str | None = ...,
+                 context: Any = ..., **kwargs: Any) -> Any: ...
+    def forget(self) -> None: ...
