@@ -453,7 +453,8 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     w = Watcher(loop, options, attached=True)
     target: Any = loop
     previous_factory = loop.get_task_factory()
-    loop.set_task_factory(make_task_factory(w, chained=previous_factory))
+    factory = make_task_factory(w, chained=previous_factory)
+    loop.set_task_factory(factory)
     original_close = loop.close
     original_ceh = loop.call_exception_handler
 
@@ -481,6 +482,19 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     except AttributeError:
         w.notes.append(f"{type(loop).__name__} takes no attributes: shutdown checks are "
                        "not observable on it")
+
+    def detach() -> None:
+        # (Watcher.release: the loop is closed.) Loop and watcher then no longer hold
+        # each other, so the loop is freed with its last reference, not by a collection.
+        own = getattr(target, "__dict__", {})
+        for name, value in (("close", close), ("call_exception_handler", call_exception_handler),
+                            ("_lw_watcher", w)):
+            if own.get(name) is value:
+                delattr(target, name)
+        if loop.get_task_factory() is factory:
+            loop.set_task_factory(previous_factory)
+
+    w._detach = detach
     try:
         running = asyncio.get_running_loop() is loop
     except RuntimeError:

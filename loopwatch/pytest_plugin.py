@@ -173,6 +173,9 @@ class _Garbage:
         self._ours = False
         #: collected since the last freeze: freeze once the test's loops are let go
         self._settle = False
+        #: the closed loops of the test being settled (weak): each should be freed by now
+        self._loops: list[weakref.ref[Any]] = []
+        self._held = False
 
     def prepare(self) -> None:
         if self.mode == "test" and not self.frozen:
@@ -206,18 +209,34 @@ class _Garbage:
         # 256 KB buffer, and each new loop then faults in fresh pages).
         self._settle = self.frozen
 
-    def settle(self) -> None:
-        """A test is over and its loops are let go: free them, then freeze the rest.
+    def expect_freed(self, loops: list[Any]) -> None:
+        """The test's closed loops, let go of now: :meth:`settle` checks that they are gone."""
+        for loop in loops:
+            try:
+                self._loops.append(weakref.ref(loop))
+            except TypeError:  # cannot tell: settle as if it were still held
+                self._held = True
 
-        They survived the judging collection, which moved them to the oldest
-        generation, so this pass is a full one; it walks only what was made since the
-        last freeze all the same. (Made every few tests instead, it would cost less
-        on asyncio but more on uvloop: a new uvloop loop then finds no freed loop's
-        memory to reuse, and faults in fresh pages for its 256 KB read buffer.)"""
+    def settle(self) -> None:
+        """A test is over and its loops are let go: freeze what is left.
+
+        A loop whose watcher was released (``Watcher.release``) is freed as soon as it
+        is dropped, so what is left to collect first is only what was made since the
+        judging collection: a young collection. A loop still alive here (held in a
+        reference cycle: one made by a loop factory of loopwatch's, say) survived the
+        judging collection, which moved it to the oldest generation: then the pass is a
+        full one (it walks only what was made since the last freeze all the same), or
+        every such loop would stay in memory until the next full pass over the frozen
+        heap (a uvloop loop holds a 256 KB read buffer, and each new one would fault in
+        fresh pages). Whatever else was alive at the judging collection and became
+        cyclic garbage by now is frozen with the rest, until that full pass."""
+        loops, self._loops = self._loops, []
+        held, self._held = self._held, False
         if not self._settle:
             return
         self._settle = False
-        self._collect(2)
+        held = held or self._old or any(ref() is not None for ref in loops)
+        self._collect(2 if held else 1)
         self._freeze()
         self._since_full += 1
 
@@ -393,7 +412,7 @@ class _Session:
             if w.closed and w.serial in self.ours:
                 self.ours.discard(w.serial)
                 try:
-                    w.close()
+                    w.release()
                 except Exception:  # never break the run over a watcher that will not stop
                     pass
 
@@ -698,7 +717,9 @@ class _ItemCheck:
                 pass
         if self.check is not None:
             self.check.close()
-            self.session.stop_closed(self.check.watchers())
+            watchers = self.check.watchers()
+            self.session.stop_closed(watchers)
+            self.session.garbage.expect_freed([w.loop for w in watchers if w.closed])
             self.check = None
 
 
