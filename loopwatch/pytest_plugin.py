@@ -352,11 +352,14 @@ class _Session:
         options = self._options
         if options is None:
             # Stragglers and await cycles are judged by the check itself, at the end of
-            # each test; the watchdog's checks are off unless some test asks for them.
-            off = {"straggler"} | ({"stall", "parked", "task_growth", "executor_thread"}
-                                   - self.wanted)
+            # each test. No test reports a kind that none checks: its detector is not
+            # installed at all (a loop per test pays for every detector it gets), and
+            # the watchdog is off unless some test checks stalls or parked tasks.
+            off = {"straggler"} | (set(KINDS) - self.wanted)
             if "parked" not in self.wanted:
                 off.add("await_cycle")
+            else:
+                off.discard("await_cycle")
             changes: dict[str, Any] = {
                 **TEST_OPTIONS, "disabled": frozenset(off),
                 "watchdog": bool({"stall", "parked"} & self.wanted),

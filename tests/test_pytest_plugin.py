@@ -575,6 +575,10 @@ GC_FILE = """
         gc.enable()
         import sys
         assert sys.get_coroutine_origin_tracking_depth() == ORIGIN_DEPTH
+        # only the detectors of the kinds some test checks are installed
+        import loopwatch
+        watcher = loopwatch.watcher(asyncio.get_running_loop())
+        assert [d.name for d in watcher.detectors] == ["unretrieved_exception"]
 """
 
 
