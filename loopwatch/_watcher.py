@@ -176,18 +176,27 @@ class Watcher:
         try:
             return getattr(detector, hook)(*args)
         except Exception as exc:
-            detector.enabled = False
-            log.warning("loopwatch: the %s check failed and is switched off: %s: %s",
-                        detector.name, type(exc).__name__, exc, exc_info=exc)
-            self.notes.append(f"{detector.name} check switched off after an internal error: "
-                              f"{type(exc).__name__}: {exc}")
+            self._switch_off(detector, exc)
             return None
 
+    def _switch_off(self, detector: Detector, exc: Exception) -> None:
+        detector.enabled = False
+        log.warning("loopwatch: the %s check failed and is switched off: %s: %s",
+                    detector.name, type(exc).__name__, exc, exc_info=exc)
+        self.notes.append(f"{detector.name} check switched off after an internal error: "
+                          f"{type(exc).__name__}: {exc}")
+
     def _broadcast(self, hook: str, *args: Any) -> None:
+        hooks_of = HOOKS_OF
         for detector in list(self.detectors):
             cls = type(detector)
-            if hook in (HOOKS_OF.get(cls) or own_hooks(cls)):  # the base's hooks do nothing
-                self.call(detector, hook, *args)
+            # (the base's hooks do nothing; :meth:`call`, inlined: a loop per test pays
+            # for every hook of every detector)
+            if detector.enabled and hook in (hooks_of.get(cls) or own_hooks(cls)):
+                try:
+                    getattr(detector, hook)(*args)
+                except Exception as exc:
+                    self._switch_off(detector, exc)
 
     # -- findings --------------------------------------------------------------------
 
