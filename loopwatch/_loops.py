@@ -9,6 +9,7 @@ handler, the loop closes. Everything else is the base loop's own code.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -482,19 +483,8 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     except AttributeError:
         w.notes.append(f"{type(loop).__name__} takes no attributes: shutdown checks are "
                        "not observable on it")
-
-    def detach() -> None:
-        # (Watcher.release: the loop is closed.) Loop and watcher then no longer hold
-        # each other, so the loop is freed with its last reference, not by a collection.
-        own = getattr(target, "__dict__", {})
-        for name, value in (("close", close), ("call_exception_handler", call_exception_handler),
-                            ("_lw_watcher", w)):
-            if own.get(name) is value:
-                delattr(target, name)
-        if loop.get_task_factory() is factory:
-            loop.set_task_factory(previous_factory)
-
-    w._detach = detach
+    w._detach = functools.partial(_detach, target, factory, previous_factory, close,
+                                  call_exception_handler, w)
     try:
         running = asyncio.get_running_loop() is loop
     except RuntimeError:
@@ -507,6 +497,20 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     if options.console and options.console != "off":
         _start_console(w, options.console)
     return w
+
+
+def _detach(loop: Any, factory: Any, previous_factory: Any, close: Any, handler: Any,
+            w: Watcher) -> None:
+    """Take off what ``_attach`` put on a loop (``Watcher.release``: the loop is closed).
+    Loop and watcher then no longer hold each other, so the loop is freed with its last
+    reference, not by a garbage collection."""
+    own = getattr(loop, "__dict__", {})
+    for name, value in (("close", close), ("call_exception_handler", handler),
+                        ("_lw_watcher", w)):
+        if own.get(name) is value:
+            delattr(loop, name)
+    if loop.get_task_factory() is factory:
+        loop.set_task_factory(previous_factory)
 
 
 def _start_console(w: Watcher, address: str) -> None:
