@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _frames
 from ._awaits import Awaiting, describe
-from ._detectors import HOOKS_OF, own_hooks
+from ._detectors import HOOKS_OF, make_detectors, own_hooks
 from ._frames import Frame
 from ._options import Options
 from ._records import (
@@ -145,19 +145,17 @@ class Watcher:
         self._listeners: list[Callable[[Finding], None]] = []
         self.detectors: list[Detector] = []
         self.console: Any = None
-        self._disabled_hooks: set[tuple[str, str]] = set()
         #: undoes what attaching put on the loop (see :meth:`release`)
         self._detach: Callable[[], None] | None = None
         _watchers.add(self)
-        for callback in list(on_new_watcher):
-            callback(self)
+        if on_new_watcher:
+            for callback in list(on_new_watcher):
+                callback(self)
 
     # -- detectors -------------------------------------------------------------------
 
     def install_detectors(self) -> None:
         """Create and install every detector (called once by the loop layer)."""
-        from ._detectors import make_detectors
-
         for detector in make_detectors(self):
             self.detectors.append(detector)
             if "install" in (HOOKS_OF.get(type(detector)) or own_hooks(type(detector))):
@@ -514,9 +512,21 @@ def recorded_waiter(task: asyncio.Future[Any]) -> Any:
     return noted
 
 
+#: the base name of each loop class seen (a loop per test asks for it every time)
+_base_names: dict[type, str] = {}
+
+
 def _base_name(loop: asyncio.AbstractEventLoop) -> str:
-    module = type(loop).__module__
-    for cls in type(loop).__mro__:
+    kind = type(loop)
+    name = _base_names.get(kind)
+    if name is not None:
+        return name
+    module = kind.__module__
+    name = "asyncio" if module.startswith(("asyncio", "loopwatch")) else module
+    for cls in kind.__mro__:
         if cls.__module__.startswith("uvloop"):
-            return "uvloop"
-    return "asyncio" if module.startswith(("asyncio", "loopwatch")) else module
+            name = "uvloop"
+            break
+    if len(_base_names) < 256:
+        _base_names[kind] = name
+    return name

@@ -42,6 +42,7 @@ from typing import Any
 import pytest
 
 from ._exceptions import LoopLeakError, NotWatchedError, OptionsError
+from ._loops import _attach
 from ._options import Options, make_options
 from ._records import task_id
 from ._report import KINDS, Finding, Report
@@ -56,7 +57,6 @@ from .testing import (
     _parse_patterns,
     format_report,
     parse_checks,
-    watch_loop,
 )
 
 __all__ = ["LoopwatchWarning", "TestWatch"]
@@ -372,7 +372,7 @@ class _Session:
     def attach(self, loop: asyncio.AbstractEventLoop) -> Watcher:
         """Watch ``loop`` (once) and send its findings to whichever test is current."""
         existing = getattr(loop, "_lw_watcher", None)
-        watcher = watch_loop(loop, self.options())
+        watcher = existing if isinstance(existing, Watcher) else _attach(loop, self.options())
         if watcher.serial not in self.open and not watcher.closed:
             self.open[watcher.serial] = weakref.ref(watcher)
             self.bases.add(watcher.base)

@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from types import CodeType, FrameType, FunctionType
+from types import CodeType, FrameType, FunctionType, MethodType
 from typing import Any
 
 from .._frames import Frame, RawStack, format_raw, is_library, pick_site
@@ -143,11 +143,13 @@ class LoopPatches:
         loop = self.loop
         failed: list[str] = []
         done = self._done
+        where: Any = _NOTHING
         for name in names:
             current = getattr(loop, name, None)
             if current is None:
                 continue
-            where = self._holder(name)
+            if where is _NOTHING:  # (the same for every name: asked once)
+                where = self._holder(name)
             if where is None:
                 failed.append(name)
                 continue
@@ -174,7 +176,8 @@ class LoopPatches:
         return failed
 
     def undo(self) -> None:
-        while self._done:
+        done = self._done
+        while done:
             self.undo_last()
 
     def undo_last(self) -> None:
@@ -408,9 +411,9 @@ def _passes_through(loop: Any, name: str, value: Any) -> bool:
     class's own method, and nothing else."""
     method = getattr(base_class(loop), name, None)
     for _ in range(8):
-        if getattr(value, "__self__", None) is loop and getattr(value, "__func__", None) is method:
-            return True
-        if getattr(value, "__code__", None) not in PASS_THROUGH:
+        if type(value) is MethodType:  # (no getattr that misses: it costs an exception)
+            return value.__self__ is loop and value.__func__ is method
+        if type(value) is not FunctionType or value.__code__ not in PASS_THROUGH:
             return False
         value = getattr(value, "__wrapped__", None)
     return False
@@ -448,12 +451,15 @@ class PostCloseDetector(EventDetector):
             # asyncio's own loop: every call-in but create_future starts with
             # self._check_closed(), so two wrappers see them all (not twelve: a loop is
             # closed at the end of every test).
-            missing = patches.wrap_each(("_check_closed",), functools.partial(
-                self._check_wrapper, codes))
-            if not missing:
-                missing = patches.wrap_each(("create_future",), self._wrapper)
-                if not missing:
-                    return
+            def make(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+                if name == "_check_closed":
+                    return self._check_wrapper(codes, name, original)
+                return self._wrapper(name, original)
+
+            if getattr(loop, "_check_closed", None) is not None and \
+                    getattr(loop, "create_future", None) is not None and \
+                    not patches.wrap_each(("_check_closed", "create_future"), make):
+                return
             patches.undo()
         missing = patches.wrap_each(CALL_INS, self._wrapper)
         if missing:

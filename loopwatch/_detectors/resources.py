@@ -197,6 +197,9 @@ def _unfinished(agen: Any) -> bool:
     return getattr(agen, "ag_frame", None) is not None
 
 
+_ASYNCGEN_HOOKS = ("_asyncgen_firstiter_hook", "_asyncgen_finalizer_hook")
+
+
 class AsyncgenDetector(EventDetector):
     name = "asyncgen_unfinalized"
     kinds = ("asyncgen_unfinalized",)
@@ -217,8 +220,13 @@ class AsyncgenDetector(EventDetector):
     def install(self) -> None:
         loop = self.watcher.loop
         patches = LoopPatches(loop)
-        ok = patches.wrap("_asyncgen_firstiter_hook", self._firstiter_wrapper) and \
-            patches.wrap("_asyncgen_finalizer_hook", self._finalizer_wrapper)
+        if getattr(loop, "_asyncgen_firstiter_hook", None) is not None and \
+                getattr(loop, "_asyncgen_finalizer_hook", None) is not None:
+            # (both in one pass: a loop per test pays for each)
+            ok = not patches.wrap_each(_ASYNCGEN_HOOKS, self._hook_wrapper)
+        else:
+            ok = patches.wrap("_asyncgen_firstiter_hook", self._firstiter_wrapper) and \
+                patches.wrap("_asyncgen_finalizer_hook", self._finalizer_wrapper)
         self._patches = patches
         if not ok:
             self._note = (f"asyncgen_unfinalized: {type(loop).__name__} has no async generator "
@@ -240,6 +248,11 @@ class AsyncgenDetector(EventDetector):
 
     def notes(self) -> list[str]:
         return [self._note] if self._note else []
+
+    def _hook_wrapper(self, name: str, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        if name == "_asyncgen_firstiter_hook":
+            return self._firstiter_wrapper(original)
+        return self._finalizer_wrapper(original)
 
     def _firstiter_wrapper(self, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         getframe = sys._getframe
@@ -472,7 +485,11 @@ def _settle() -> None:
     global _previous_show
     live = [(ref, force) for ref, force in _listeners if ref() is not None]
     _listeners[:] = live
-    force = any(f for _, f in live)
+    force = False
+    for _, wants in live:  # (not any() over a generator: this runs twice a test)
+        if wants:
+            force = True
+            break
     global _filtered
     # The filters are read only once loopwatch has ever added its own (the common case,
     # a loop per test in library mode, never does).
