@@ -50,6 +50,7 @@ __all__ = [
     "is_loopwatch_file",
     "is_plumbing_callback",
     "is_user_code",
+    "pass_through",
     "raw_from",
     "times",
 ]
@@ -403,7 +404,14 @@ _CALL_IN_SET = frozenset(CALL_INS)
 
 #: code of loopwatch's own wrappers of call-ins that always call the method they wrap
 #: (the dropped_callback timer wrapper, the executor job wrapper)
-PASS_THROUGH: set[CodeType] = set()
+#: (by id: hashing a code object hashes its whole content, several microseconds, and
+#: this is asked for every loop closed and every wrapper made)
+PASS_THROUGH: dict[int, CodeType] = {}
+
+
+def pass_through(code: CodeType) -> None:
+    """Note ``code`` as that of a wrapper that always calls the method it wraps."""
+    PASS_THROUGH[id(code)] = code
 
 
 def _passes_through(loop: Any, name: str, value: Any) -> bool:
@@ -413,7 +421,7 @@ def _passes_through(loop: Any, name: str, value: Any) -> bool:
     for _ in range(8):
         if type(value) is MethodType:  # (no getattr that misses: it costs an exception)
             return value.__self__ is loop and value.__func__ is method
-        if type(value) is not FunctionType or value.__code__ not in PASS_THROUGH:
+        if type(value) is not FunctionType or id(value.__code__) not in PASS_THROUGH:
             return False
         value = getattr(value, "__wrapped__", None)
     return False
@@ -515,7 +523,7 @@ class PostCloseDetector(EventDetector):
             code = frame.f_code
             name = codes.get(code, _NOTHING)
             if name is _NOTHING:
-                if code not in PASS_THROUGH:
+                if id(code) not in PASS_THROUGH:
                     break
             elif name is not None:
                 method, called = name, frame
@@ -704,7 +712,7 @@ class DroppedCallbackDetector(EventDetector):
             return handle
 
         schedule_timer.__wrapped__ = original  # type: ignore[attr-defined]
-        PASS_THROUGH.add(schedule_timer.__code__)
+        pass_through(schedule_timer.__code__)
         return schedule_timer
 
     def _prune(self) -> None:

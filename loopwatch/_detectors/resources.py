@@ -48,12 +48,12 @@ from .._frames import Frame, RawStack, format_raw, is_library, pick_site
 from .._records import short_repr
 from .._report import Finding
 from .closed import (
-    PASS_THROUGH,
     EventDetector,
     LoopPatches,
     callable_name,
     callable_site,
     is_loopwatch_file,
+    pass_through,
     raw_from,
 )
 
@@ -140,7 +140,7 @@ class ExecutorThreadDetector(EventDetector):
             return original(executor, func, *args)
 
         run_in_executor.__wrapped__ = original  # type: ignore[attr-defined]
-        PASS_THROUGH.add(run_in_executor.__code__)
+        pass_through(run_in_executor.__code__)
         return run_in_executor
 
     def running_jobs(self) -> list[_Job]:
