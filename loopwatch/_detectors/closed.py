@@ -483,34 +483,20 @@ class PostCloseDetector(EventDetector):
     def notes(self) -> list[str]:
         return [self._note] if self._note else []
 
+    # The wrappers are partials of module-level functions, not closures: a loop per
+    # test gets them when it closes, and the test's garbage collection walks each
+    # object they are made of (a closure is a function, a tuple and a cell per name).
+
     def _wrapper(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        getframe = sys._getframe
-
-        def call_into_closed_loop(*args: Any, **kwargs: Any) -> Any:
-            if self.enabled:
-                try:
-                    self.record(method, getframe(1), args)
-                except Exception as exc:
-                    self.failed(exc)
-            return original(*args, **kwargs)
-
-        call_into_closed_loop.__wrapped__ = original  # type: ignore[attr-defined]
-        return call_into_closed_loop
+        wrapper = functools.partial(_call_into_closed_loop, self, method, original)
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        return wrapper
 
     def _check_wrapper(self, codes: dict[CodeType, str | None], name: str,
                        original: Callable[[], Any]) -> Callable[[], Any]:
-        getframe = sys._getframe
-
-        def check_closed() -> Any:
-            if self.enabled:
-                try:
-                    self._checked(getframe(1), codes)
-                except Exception as exc:
-                    self.failed(exc)
-            return original()
-
-        check_closed.__wrapped__ = original  # type: ignore[attr-defined]
-        return check_closed
+        wrapper = functools.partial(_check_closed, self, codes, original)
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        return wrapper
 
     def _checked(self, frame: FrameType | None, codes: dict[CodeType, str | None]) -> None:
         """``_check_closed()`` ran in ``frame``: the call-in it belongs to (the outermost
@@ -596,6 +582,29 @@ class PostCloseDetector(EventDetector):
         if thread not in threads and len(threads) < 8:
             threads.append(thread)
         finding.message = times(finding.message, details["count"])
+
+
+def _call_into_closed_loop(det: PostCloseDetector, method: str, original: Callable[..., Any],
+                           *args: Any, **kwargs: Any) -> Any:
+    """``loop.<method>`` of a closed loop: the call is recorded, then made."""
+    if det.enabled:
+        try:
+            det.record(method, sys._getframe(1), args)
+        except Exception as exc:
+            det.failed(exc)
+    return original(*args, **kwargs)
+
+
+def _check_closed(det: PostCloseDetector, codes: dict[CodeType, str | None],
+                  original: Callable[[], Any]) -> Any:
+    """``loop._check_closed()`` of a closed asyncio loop: the call-in that asked is
+    recorded, then the check is made (it raises)."""
+    if det.enabled:
+        try:
+            det._checked(sys._getframe(1), codes)
+        except Exception as exc:
+            det.failed(exc)
+    return original()
 
 
 # -- dropped_callback ------------------------------------------------------------------
