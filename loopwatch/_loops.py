@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._options import Options, make_options
 from ._records import _STOP, _ids, make_task_factory, record_existing
-from ._watcher import Watcher
+from ._watcher import Watcher, _tasks_may_exist
 
 __all__ = [
     "WatchedEventLoopPolicy",
@@ -485,12 +485,12 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
                        "not observable on it")
     w._detach = functools.partial(_detach, target, factory, previous_factory, close,
                                   call_exception_handler, w)
-    try:
-        running = asyncio.get_running_loop() is loop
-    except RuntimeError:
-        running = False
-    for task in asyncio.all_tasks(loop):
-        record_existing(task)
+    # (no exception raised and caught, no walk of asyncio's task registry when no task
+    # exists at all: a loop per test is attached this way)
+    running = asyncio._get_running_loop() is loop
+    if _tasks_may_exist():
+        for task in asyncio.all_tasks(loop):
+            record_existing(task)
     w.install_detectors()
     if running:
         w._loop_started()
