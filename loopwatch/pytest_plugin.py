@@ -221,22 +221,25 @@ class _Garbage:
         """A test is over and its loops are let go: freeze what is left.
 
         A loop whose watcher was released (``Watcher.release``) is freed as soon as it
-        is dropped, so what is left to collect first is only what was made since the
-        judging collection: a young collection. A loop still alive here (held in a
-        reference cycle: one made by a loop factory of loopwatch's, say) survived the
-        judging collection, which moved it to the oldest generation: then the pass is a
-        full one (it walks only what was made since the last freeze all the same), or
-        every such loop would stay in memory until the next full pass over the frozen
-        heap (a uvloop loop holds a 256 KB read buffer, and each new one would fault in
-        fresh pages). Whatever else was alive at the judging collection and became
-        cyclic garbage by now is frozen with the rest, until that full pass."""
+        is dropped, with no collection. Since the test's last collection (the judging
+        one, after its fixtures' teardown; at a module's end, the one after the
+        module's teardown) only pytest's and loopwatch's own bookkeeping has run, which
+        makes no cyclic garbage: what is young is frozen as it is. A loop still alive
+        here (held in a reference cycle: one made by a loop
+        factory of loopwatch's, say) survived the judging collection, which moved it to
+        the oldest generation: then a full pass frees it first (it walks only what was
+        made since the last freeze all the same), or every such loop would stay in
+        memory until the next full pass over the frozen heap (a uvloop loop holds a
+        256 KB read buffer, and each new one would fault in fresh pages). Whatever else
+        was alive at the judging collection and became cyclic garbage by now is frozen
+        with the rest, until that full pass."""
         loops, self._loops = self._loops, []
         held, self._held = self._held, False
         if not self._settle:
             return
         self._settle = False
-        held = held or self._old or any(ref() is not None for ref in loops)
-        self._collect(2 if held else 1)
+        if held or self._old or any(ref() is not None for ref in loops):
+            self._collect(2)
         self._freeze()
         self._since_full += 1
 
