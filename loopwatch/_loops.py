@@ -9,6 +9,7 @@ handler, the loop closes. Everything else is the base loop's own code.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._options import Options, make_options
 from ._records import _STOP, _ids, make_task_factory, record_existing, speedups
-from ._watcher import Watcher
+from ._watcher import Watcher, _tasks_may_exist
 
 __all__ = [
     "WatchedEventLoopPolicy",
@@ -478,7 +479,8 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     w = Watcher(loop, options, attached=True)
     target: Any = loop
     previous_factory = loop.get_task_factory()
-    loop.set_task_factory(make_task_factory(w, chained=previous_factory))
+    factory = make_task_factory(w, chained=previous_factory)
+    loop.set_task_factory(factory)
     original_close = loop.close
     original_ceh = loop.call_exception_handler
 
@@ -506,18 +508,34 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     except AttributeError:
         w.notes.append(f"{type(loop).__name__} takes no attributes: shutdown checks are "
                        "not observable on it")
-    try:
-        running = asyncio.get_running_loop() is loop
-    except RuntimeError:
-        running = False
-    for task in asyncio.all_tasks(loop):
-        record_existing(task)
+    w._detach = functools.partial(_detach, target, factory, previous_factory, close,
+                                  call_exception_handler, w)
+    # (no exception raised and caught, no walk of asyncio's task registry when no task
+    # exists at all: a loop per test is attached this way)
+    running = asyncio._get_running_loop() is loop
+    if _tasks_may_exist():
+        for task in asyncio.all_tasks(loop):
+            record_existing(task)
     w.install_detectors()
     if running:
         w._loop_started()
     if options.console and options.console != "off":
         _start_console(w, options.console)
     return w
+
+
+def _detach(loop: Any, factory: Any, previous_factory: Any, close: Any, handler: Any,
+            w: Watcher) -> None:
+    """Take off what ``_attach`` put on a loop (``Watcher.release``: the loop is closed).
+    Loop and watcher then no longer hold each other, so the loop is freed with its last
+    reference, not by a garbage collection."""
+    own = getattr(loop, "__dict__", {})
+    for name, value in (("close", close), ("call_exception_handler", handler),
+                        ("_lw_watcher", w)):
+        if own.get(name) is value:
+            delattr(loop, name)
+    if loop.get_task_factory() is factory:
+        loop.set_task_factory(previous_factory)
 
 
 def _start_console(w: Watcher, address: str) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _frames
 from ._awaits import Awaiting, describe
-from ._detectors import HOOKS_OF, own_hooks
+from ._detectors import HOOKS_OF, make_detectors, own_hooks
 from ._frames import Frame
 from ._options import Options
 from ._records import (
@@ -145,17 +145,17 @@ class Watcher:
         self._listeners: list[Callable[[Finding], None]] = []
         self.detectors: list[Detector] = []
         self.console: Any = None
-        self._disabled_hooks: set[tuple[str, str]] = set()
+        #: undoes what attaching put on the loop (see :meth:`release`)
+        self._detach: Callable[[], None] | None = None
         _watchers.add(self)
-        for callback in list(on_new_watcher):
-            callback(self)
+        if on_new_watcher:
+            for callback in list(on_new_watcher):
+                callback(self)
 
     # -- detectors -------------------------------------------------------------------
 
     def install_detectors(self) -> None:
         """Create and install every detector (called once by the loop layer)."""
-        from ._detectors import make_detectors
-
         for detector in make_detectors(self):
             self.detectors.append(detector)
             if "install" in (HOOKS_OF.get(type(detector)) or own_hooks(type(detector))):
@@ -174,18 +174,27 @@ class Watcher:
         try:
             return getattr(detector, hook)(*args)
         except Exception as exc:
-            detector.enabled = False
-            log.warning("loopwatch: the %s check failed and is switched off: %s: %s",
-                        detector.name, type(exc).__name__, exc, exc_info=exc)
-            self.notes.append(f"{detector.name} check switched off after an internal error: "
-                              f"{type(exc).__name__}: {exc}")
+            self._switch_off(detector, exc)
             return None
 
+    def _switch_off(self, detector: Detector, exc: Exception) -> None:
+        detector.enabled = False
+        log.warning("loopwatch: the %s check failed and is switched off: %s: %s",
+                    detector.name, type(exc).__name__, exc, exc_info=exc)
+        self.notes.append(f"{detector.name} check switched off after an internal error: "
+                          f"{type(exc).__name__}: {exc}")
+
     def _broadcast(self, hook: str, *args: Any) -> None:
+        hooks_of = HOOKS_OF
         for detector in list(self.detectors):
             cls = type(detector)
-            if hook in (HOOKS_OF.get(cls) or own_hooks(cls)):  # the base's hooks do nothing
-                self.call(detector, hook, *args)
+            # (the base's hooks do nothing; :meth:`call`, inlined: a loop per test pays
+            # for every hook of every detector)
+            if detector.enabled and hook in (hooks_of.get(cls) or own_hooks(cls)):
+                try:
+                    getattr(detector, hook)(*args)
+                except Exception as exc:
+                    self._switch_off(detector, exc)
 
     # -- findings --------------------------------------------------------------------
 
@@ -447,6 +456,19 @@ class Watcher:
             self.console.stop()
             self.console = None
 
+    def release(self) -> None:
+        """Stop watching a closed loop, and let go of it: what attaching put on the loop
+        (its wrappers, the task factory, ``_lw_watcher``) is taken off again, so that the
+        loop and the watcher no longer hold each other and the loop is freed as soon as
+        its owner drops it, without waiting for the garbage collector. The report stays
+        readable. Does only :meth:`close` while the loop is open."""
+        self.close()
+        detach, self._detach = self._detach, None
+        if not self.closed:
+            self._detach = detach
+        elif detach is not None:
+            detach()
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<loopwatch.Watcher {self.base} loop {state}, {len(self._findings)} findings>"
@@ -490,9 +512,21 @@ def recorded_waiter(task: asyncio.Future[Any]) -> Any:
     return noted
 
 
+#: the base name of each loop class seen (a loop per test asks for it every time)
+_base_names: dict[type, str] = {}
+
+
 def _base_name(loop: asyncio.AbstractEventLoop) -> str:
-    module = type(loop).__module__
-    for cls in type(loop).__mro__:
+    kind = type(loop)
+    name = _base_names.get(kind)
+    if name is not None:
+        return name
+    module = kind.__module__
+    name = "asyncio" if module.startswith(("asyncio", "loopwatch")) else module
+    for cls in kind.__mro__:
         if cls.__module__.startswith("uvloop"):
-            return "uvloop"
-    return "asyncio" if module.startswith(("asyncio", "loopwatch")) else module
+            name = "uvloop"
+            break
+    if len(_base_names) < 256:
+        _base_names[kind] = name
+    return name

@@ -42,6 +42,7 @@ from typing import Any
 import pytest
 
 from ._exceptions import LoopLeakError, NotWatchedError, OptionsError
+from ._loops import _attach
 from ._options import Options, make_options
 from ._records import task_id
 from ._report import KINDS, Finding, Report
@@ -56,7 +57,6 @@ from .testing import (
     _parse_patterns,
     format_report,
     parse_checks,
-    watch_loop,
 )
 
 __all__ = ["LoopwatchWarning", "TestWatch"]
@@ -173,6 +173,9 @@ class _Garbage:
         self._ours = False
         #: collected since the last freeze: freeze once the test's loops are let go
         self._settle = False
+        #: the closed loops of the test being settled (weak): each should be freed by now
+        self._loops: list[weakref.ref[Any]] = []
+        self._held = False
 
     def prepare(self) -> None:
         if self.mode == "test" and not self.frozen:
@@ -206,18 +209,37 @@ class _Garbage:
         # 256 KB buffer, and each new loop then faults in fresh pages).
         self._settle = self.frozen
 
-    def settle(self) -> None:
-        """A test is over and its loops are let go: free them, then freeze the rest.
+    def expect_freed(self, loops: list[Any]) -> None:
+        """The test's closed loops, let go of now: :meth:`settle` checks that they are gone."""
+        for loop in loops:
+            try:
+                self._loops.append(weakref.ref(loop))
+            except TypeError:  # cannot tell: settle as if it were still held
+                self._held = True
 
-        They survived the judging collection, which moved them to the oldest
-        generation, so this pass is a full one; it walks only what was made since the
-        last freeze all the same. (Made every few tests instead, it would cost less
-        on asyncio but more on uvloop: a new uvloop loop then finds no freed loop's
-        memory to reuse, and faults in fresh pages for its 256 KB read buffer.)"""
+    def settle(self) -> None:
+        """A test is over and its loops are let go: freeze what is left.
+
+        A loop whose watcher was released (``Watcher.release``) is freed as soon as it
+        is dropped, with no collection. Since the test's last collection (the judging
+        one, after its fixtures' teardown; at a module's end, the one after the
+        module's teardown) only pytest's and loopwatch's own bookkeeping has run, which
+        makes no cyclic garbage: what is young is frozen as it is. A loop still alive
+        here (held in a reference cycle: one made by a loop
+        factory of loopwatch's, say) survived the judging collection, which moved it to
+        the oldest generation: then a full pass frees it first (it walks only what was
+        made since the last freeze all the same), or every such loop would stay in
+        memory until the next full pass over the frozen heap (a uvloop loop holds a
+        256 KB read buffer, and each new one would fault in fresh pages). Whatever else
+        was alive at the judging collection and became cyclic garbage by now is frozen
+        with the rest, until that full pass."""
+        loops, self._loops = self._loops, []
+        held, self._held = self._held, False
         if not self._settle:
             return
         self._settle = False
-        self._collect(2)
+        if held or self._old or any(ref() is not None for ref in loops):
+            self._collect(2)
         self._freeze()
         self._since_full += 1
 
@@ -333,11 +355,14 @@ class _Session:
         options = self._options
         if options is None:
             # Stragglers and await cycles are judged by the check itself, at the end of
-            # each test; the watchdog's checks are off unless some test asks for them.
-            off = {"straggler"} | ({"stall", "parked", "task_growth", "executor_thread"}
-                                   - self.wanted)
+            # each test. No test reports a kind that none checks: its detector is not
+            # installed at all (a loop per test pays for every detector it gets), and
+            # the watchdog is off unless some test checks stalls or parked tasks.
+            off = {"straggler"} | (set(KINDS) - self.wanted)
             if "parked" not in self.wanted:
                 off.add("await_cycle")
+            else:
+                off.discard("await_cycle")
             changes: dict[str, Any] = {
                 **TEST_OPTIONS, "disabled": frozenset(off),
                 "watchdog": bool({"stall", "parked"} & self.wanted),
@@ -350,7 +375,7 @@ class _Session:
     def attach(self, loop: asyncio.AbstractEventLoop) -> Watcher:
         """Watch ``loop`` (once) and send its findings to whichever test is current."""
         existing = getattr(loop, "_lw_watcher", None)
-        watcher = watch_loop(loop, self.options())
+        watcher = existing if isinstance(existing, Watcher) else _attach(loop, self.options())
         if watcher.serial not in self.open and not watcher.closed:
             self.open[watcher.serial] = weakref.ref(watcher)
             self.bases.add(watcher.base)
@@ -393,7 +418,7 @@ class _Session:
             if w.closed and w.serial in self.ours:
                 self.ours.discard(w.serial)
                 try:
-                    w.close()
+                    w.release()
                 except Exception:  # never break the run over a watcher that will not stop
                     pass
 
@@ -698,7 +723,9 @@ class _ItemCheck:
                 pass
         if self.check is not None:
             self.check.close()
-            self.session.stop_closed(self.check.watchers())
+            watchers = self.check.watchers()
+            self.session.stop_closed(watchers)
+            self.session.garbage.expect_freed([w.loop for w in watchers if w.closed])
             self.check = None
 
 

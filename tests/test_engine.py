@@ -459,6 +459,48 @@ def test_loop_factory_with_a_callable_base_attaches() -> None:
     assert [f.task.name for f in stragglers(w) if f.task] == ["left-behind"]
 
 
+def test_a_released_watcher_lets_go_of_its_closed_loop() -> None:
+    # The pytest plugin releases each test's watcher when the test ends: loop and
+    # watcher must not hold each other then, so that the loop is freed by reference
+    # counting alone, with no garbage collection (see _Garbage.settle).
+    if BASE_LOOP == "uvloop":
+        import uvloop
+
+        make = uvloop.new_event_loop
+    else:
+        make = asyncio.new_event_loop
+
+    async def leave_timer() -> None:
+        asyncio.get_running_loop().call_later(60, print)
+        await asyncio.sleep(0)
+
+    gc.collect()
+    gc.disable()
+    try:
+        loop = make()
+        w = loopwatch.attach(loop, log=False)
+        w.release()  # the loop is open: it is only stopped watching
+        assert loopwatch.watcher(loop) is w
+        loop.run_until_complete(leave_timer())
+        loop.close()
+
+        loop = make()
+        w = loopwatch.attach(loop, log=False)
+        loop.run_until_complete(leave_timer())
+        loop.close()
+        w.release()
+        assert {"close", "call_exception_handler", "_lw_watcher"}.isdisjoint(vars(loop))
+        assert loop.get_task_factory() is None
+        report = w.report()
+        assert [f.kind for f in report.findings] == ["dropped_callback"]
+        assert report.loop == BASE_LOOP
+        refs = [weakref.ref(loop), weakref.ref(w)]
+        del loop, w
+        assert [ref() for ref in refs] == [None, None]
+    finally:
+        gc.enable()
+
+
 def test_tasks_survive_recording_failure(
         implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import loopwatch._loops as loops

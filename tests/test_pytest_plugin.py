@@ -575,6 +575,10 @@ GC_FILE = """
         gc.enable()
         import sys
         assert sys.get_coroutine_origin_tracking_depth() == ORIGIN_DEPTH
+        # only the detectors of the kinds some test checks are installed
+        import loopwatch
+        watcher = loopwatch.watcher(asyncio.get_running_loop())
+        assert [d.name for d in watcher.detectors] == ["unretrieved_exception"]
 """
 
 
@@ -792,6 +796,8 @@ def test_a_tests_loop_is_freed_when_the_test_ends(pytester: pytest.Pytester) -> 
     # The plugin freezes what survives each test's collection (so that the next one
     # walks only new objects); a test's watched loop must not be frozen with it, or
     # every loop of the session would stay in memory (a uvloop loop holds 256 KB).
+    # Released by loopwatch, a loop is freed as soon as it is dropped; one that is
+    # still there at the end of the test (in a reference cycle) is collected then.
     r = run(pytester, {"test_one": """
         import asyncio
         import weakref
@@ -808,10 +814,19 @@ def test_a_tests_loop_is_freed_when_the_test_ends(pytester: pytest.Pytester) -> 
             await asyncio.sleep(0)
 
 
+        async def test_make_a_loop_in_a_cycle():
+            # Only the collector can free this one: the end of the test must see that
+            # it is still there, and collect.
+            loop = asyncio.get_running_loop()
+            loop.lw_test_cycle = [loop]
+            loops.append(weakref.ref(loop))
+            await asyncio.sleep(0)
+
+
         def test_the_loops_are_gone():
-            assert len(loops) == 3
-            assert [ref() for ref in loops] == [None, None, None]
+            assert len(loops) == 4
+            assert [ref() for ref in loops] == [None, None, None, None]
     """}, "--loopwatch")
     assert r.status == {"test_make_a_loop[0]": {"PASSED"}, "test_make_a_loop[1]": {"PASSED"},
-                        "test_make_a_loop[2]": {"PASSED"}, "test_the_loops_are_gone": {"PASSED"}}, \
-        r.text
+                        "test_make_a_loop[2]": {"PASSED"}, "test_make_a_loop_in_a_cycle":
+                        {"PASSED"}, "test_the_loops_are_gone": {"PASSED"}}, r.text

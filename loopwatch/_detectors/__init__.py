@@ -115,18 +115,29 @@ def _classes() -> list[type[Detector]]:
     return _detector_classes
 
 
+#: the detector classes a watcher gets, by (disabled kinds, watchdog)
+_chosen: dict[tuple[frozenset[str], bool], tuple[type[Detector], ...]] = {}
+
+
 def make_detectors(watcher: Watcher) -> list[Detector]:
     """One instance of every detector that has a kind still switched on.
 
     The stall detector has no kind of its own to switch off: it is the heartbeat and
     the watchdog thread, whose clock drives every ``tick`` hook. It is left out only
     when it would have nothing to do (no watchdog, ``stall`` off, and no other
-    detector ticks), as for a test's loop, which is made by the hundred.
+    detector ticks), as for a test's loop, which is made by the hundred (and which
+    is why the choice is remembered for the next watcher with the same options).
     """
     options = watcher.options
-    disabled = options.disabled
-    classes = [cls for cls in _classes() if not (cls.kinds and set(cls.kinds) <= disabled)]
-    if not options.watchdog and "stall" in disabled and not any(
-            cls.tick is not Detector.tick for cls in classes if cls.name != "stall"):
-        classes = [cls for cls in classes if cls.name != "stall"]
+    key = (options.disabled, options.watchdog)
+    classes = _chosen.get(key)
+    if classes is None:
+        disabled = options.disabled
+        chosen = [cls for cls in _classes() if not (cls.kinds and set(cls.kinds) <= disabled)]
+        if not options.watchdog and "stall" in disabled and not any(
+                cls.tick is not Detector.tick for cls in chosen if cls.name != "stall"):
+            chosen = [cls for cls in chosen if cls.name != "stall"]
+        classes = tuple(chosen)
+        if len(_chosen) < 64:
+            _chosen[key] = classes
     return [cls(watcher) for cls in classes]

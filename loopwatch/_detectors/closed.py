@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from types import CodeType, FrameType, FunctionType
+from types import CodeType, FrameType, FunctionType, MethodType
 from typing import Any
 
 from .._frames import Frame, RawStack, format_raw, is_library, pick_site
@@ -50,6 +50,7 @@ __all__ = [
     "is_loopwatch_file",
     "is_plumbing_callback",
     "is_user_code",
+    "pass_through",
     "raw_from",
     "times",
 ]
@@ -143,11 +144,13 @@ class LoopPatches:
         loop = self.loop
         failed: list[str] = []
         done = self._done
+        where: Any = _NOTHING
         for name in names:
             current = getattr(loop, name, None)
             if current is None:
                 continue
-            where = self._holder(name)
+            if where is _NOTHING:  # (the same for every name: asked once)
+                where = self._holder(name)
             if where is None:
                 failed.append(name)
                 continue
@@ -174,7 +177,8 @@ class LoopPatches:
         return failed
 
     def undo(self) -> None:
-        while self._done:
+        done = self._done
+        while done:
             self.undo_last()
 
     def undo_last(self) -> None:
@@ -400,7 +404,14 @@ _CALL_IN_SET = frozenset(CALL_INS)
 
 #: code of loopwatch's own wrappers of call-ins that always call the method they wrap
 #: (the dropped_callback timer wrapper, the executor job wrapper)
-PASS_THROUGH: set[CodeType] = set()
+#: (by id: hashing a code object hashes its whole content, several microseconds, and
+#: this is asked for every loop closed and every wrapper made)
+PASS_THROUGH: dict[int, CodeType] = {}
+
+
+def pass_through(code: CodeType) -> None:
+    """Note ``code`` as that of a wrapper that always calls the method it wraps."""
+    PASS_THROUGH[id(code)] = code
 
 
 def _passes_through(loop: Any, name: str, value: Any) -> bool:
@@ -408,9 +419,9 @@ def _passes_through(loop: Any, name: str, value: Any) -> bool:
     class's own method, and nothing else."""
     method = getattr(base_class(loop), name, None)
     for _ in range(8):
-        if getattr(value, "__self__", None) is loop and getattr(value, "__func__", None) is method:
-            return True
-        if getattr(value, "__code__", None) not in PASS_THROUGH:
+        if type(value) is MethodType:  # (no getattr that misses: it costs an exception)
+            return value.__self__ is loop and value.__func__ is method
+        if type(value) is not FunctionType or id(value.__code__) not in PASS_THROUGH:
             return False
         value = getattr(value, "__wrapped__", None)
     return False
@@ -448,12 +459,15 @@ class PostCloseDetector(EventDetector):
             # asyncio's own loop: every call-in but create_future starts with
             # self._check_closed(), so two wrappers see them all (not twelve: a loop is
             # closed at the end of every test).
-            missing = patches.wrap_each(("_check_closed",), functools.partial(
-                self._check_wrapper, codes))
-            if not missing:
-                missing = patches.wrap_each(("create_future",), self._wrapper)
-                if not missing:
-                    return
+            def make(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+                if name == "_check_closed":
+                    return self._check_wrapper(codes, name, original)
+                return self._wrapper(name, original)
+
+            if getattr(loop, "_check_closed", None) is not None and \
+                    getattr(loop, "create_future", None) is not None and \
+                    not patches.wrap_each(("_check_closed", "create_future"), make):
+                return
             patches.undo()
         missing = patches.wrap_each(CALL_INS, self._wrapper)
         if missing:
@@ -469,34 +483,20 @@ class PostCloseDetector(EventDetector):
     def notes(self) -> list[str]:
         return [self._note] if self._note else []
 
+    # The wrappers are partials of module-level functions, not closures: a loop per
+    # test gets them when it closes, and the test's garbage collection walks each
+    # object they are made of (a closure is a function, a tuple and a cell per name).
+
     def _wrapper(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        getframe = sys._getframe
-
-        def call_into_closed_loop(*args: Any, **kwargs: Any) -> Any:
-            if self.enabled:
-                try:
-                    self.record(method, getframe(1), args)
-                except Exception as exc:
-                    self.failed(exc)
-            return original(*args, **kwargs)
-
-        call_into_closed_loop.__wrapped__ = original  # type: ignore[attr-defined]
-        return call_into_closed_loop
+        wrapper = functools.partial(_call_into_closed_loop, self, method, original)
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        return wrapper
 
     def _check_wrapper(self, codes: dict[CodeType, str | None], name: str,
                        original: Callable[[], Any]) -> Callable[[], Any]:
-        getframe = sys._getframe
-
-        def check_closed() -> Any:
-            if self.enabled:
-                try:
-                    self._checked(getframe(1), codes)
-                except Exception as exc:
-                    self.failed(exc)
-            return original()
-
-        check_closed.__wrapped__ = original  # type: ignore[attr-defined]
-        return check_closed
+        wrapper = functools.partial(_check_closed, self, codes, original)
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        return wrapper
 
     def _checked(self, frame: FrameType | None, codes: dict[CodeType, str | None]) -> None:
         """``_check_closed()`` ran in ``frame``: the call-in it belongs to (the outermost
@@ -509,7 +509,7 @@ class PostCloseDetector(EventDetector):
             code = frame.f_code
             name = codes.get(code, _NOTHING)
             if name is _NOTHING:
-                if code not in PASS_THROUGH:
+                if id(code) not in PASS_THROUGH:
                     break
             elif name is not None:
                 method, called = name, frame
@@ -582,6 +582,29 @@ class PostCloseDetector(EventDetector):
         if thread not in threads and len(threads) < 8:
             threads.append(thread)
         finding.message = times(finding.message, details["count"])
+
+
+def _call_into_closed_loop(det: PostCloseDetector, method: str, original: Callable[..., Any],
+                           *args: Any, **kwargs: Any) -> Any:
+    """``loop.<method>`` of a closed loop: the call is recorded, then made."""
+    if det.enabled:
+        try:
+            det.record(method, sys._getframe(1), args)
+        except Exception as exc:
+            det.failed(exc)
+    return original(*args, **kwargs)
+
+
+def _check_closed(det: PostCloseDetector, codes: dict[CodeType, str | None],
+                  original: Callable[[], Any]) -> Any:
+    """``loop._check_closed()`` of a closed asyncio loop: the call-in that asked is
+    recorded, then the check is made (it raises)."""
+    if det.enabled:
+        try:
+            det._checked(sys._getframe(1), codes)
+        except Exception as exc:
+            det.failed(exc)
+    return original()
 
 
 # -- dropped_callback ------------------------------------------------------------------
@@ -698,7 +721,7 @@ class DroppedCallbackDetector(EventDetector):
             return handle
 
         schedule_timer.__wrapped__ = original  # type: ignore[attr-defined]
-        PASS_THROUGH.add(schedule_timer.__code__)
+        pass_through(schedule_timer.__code__)
         return schedule_timer
 
     def _prune(self) -> None:

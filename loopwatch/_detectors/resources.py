@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import re
@@ -47,12 +48,12 @@ from .._frames import Frame, RawStack, format_raw, is_library, pick_site
 from .._records import short_repr
 from .._report import Finding
 from .closed import (
-    PASS_THROUGH,
     EventDetector,
     LoopPatches,
     callable_name,
     callable_site,
     is_loopwatch_file,
+    pass_through,
     raw_from,
 )
 
@@ -139,7 +140,7 @@ class ExecutorThreadDetector(EventDetector):
             return original(executor, func, *args)
 
         run_in_executor.__wrapped__ = original  # type: ignore[attr-defined]
-        PASS_THROUGH.add(run_in_executor.__code__)
+        pass_through(run_in_executor.__code__)
         return run_in_executor
 
     def running_jobs(self) -> list[_Job]:
@@ -196,6 +197,9 @@ def _unfinished(agen: Any) -> bool:
     return getattr(agen, "ag_frame", None) is not None
 
 
+_ASYNCGEN_HOOKS = ("_asyncgen_firstiter_hook", "_asyncgen_finalizer_hook")
+
+
 class AsyncgenDetector(EventDetector):
     name = "asyncgen_unfinalized"
     kinds = ("asyncgen_unfinalized",)
@@ -216,8 +220,13 @@ class AsyncgenDetector(EventDetector):
     def install(self) -> None:
         loop = self.watcher.loop
         patches = LoopPatches(loop)
-        ok = patches.wrap("_asyncgen_firstiter_hook", self._firstiter_wrapper) and \
-            patches.wrap("_asyncgen_finalizer_hook", self._finalizer_wrapper)
+        if getattr(loop, "_asyncgen_firstiter_hook", None) is not None and \
+                getattr(loop, "_asyncgen_finalizer_hook", None) is not None:
+            # (both in one pass: a loop per test pays for each)
+            ok = not patches.wrap_each(_ASYNCGEN_HOOKS, self._hook_wrapper)
+        else:
+            ok = patches.wrap("_asyncgen_firstiter_hook", self._firstiter_wrapper) and \
+                patches.wrap("_asyncgen_finalizer_hook", self._finalizer_wrapper)
         self._patches = patches
         if not ok:
             self._note = (f"asyncgen_unfinalized: {type(loop).__name__} has no async generator "
@@ -239,6 +248,11 @@ class AsyncgenDetector(EventDetector):
 
     def notes(self) -> list[str]:
         return [self._note] if self._note else []
+
+    def _hook_wrapper(self, name: str, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        if name == "_asyncgen_firstiter_hook":
+            return self._firstiter_wrapper(original)
+        return self._finalizer_wrapper(original)
 
     def _firstiter_wrapper(self, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         getframe = sys._getframe
@@ -471,7 +485,11 @@ def _settle() -> None:
     global _previous_show
     live = [(ref, force) for ref, force in _listeners if ref() is not None]
     _listeners[:] = live
-    force = any(f for _, f in live)
+    force = False
+    for _, wants in live:  # (not any() over a generator: this runs twice a test)
+        if wants:
+            force = True
+            break
     global _filtered
     # The filters are read only once loopwatch has ever added its own (the common case,
     # a loop per test in library mode, never does).
@@ -517,6 +535,23 @@ def _tracemalloc_stack(obj: Any) -> list[Frame]:
     if tb is None:
         return []
     return [Frame(os.path.abspath(f.filename), f.lineno, "?") for f in tb]
+
+
+def _open_and_note(det: UnclosedResourceDetector, method: str, original: Callable[..., Any],
+                   *args: Any, **kwargs: Any) -> Any:
+    """``loop.<method>`` while ``det`` watches: the opening line is noted."""
+    if not det.enabled:
+        return original(*args, **kwargs)
+    try:
+        raw = raw_from(sys._getframe(1), max(det.watcher.options.stack_depth, 1))
+        coro: Any = det._opening(method, original, args, kwargs, raw)
+        # A coroutine dropped without await must still be named after the method.
+        coro.__name__ = getattr(original, "__name__", method)
+        coro.__qualname__ = getattr(original, "__qualname__", method)
+    except Exception as exc:
+        det.failed(exc)
+        return original(*args, **kwargs)
+    return coro
 
 
 class UnclosedResourceDetector(EventDetector):
@@ -571,24 +606,9 @@ class UnclosedResourceDetector(EventDetector):
         return list(self._notes)
 
     def _opener(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        getframe = sys._getframe
-
-        def open_and_note(*args: Any, **kwargs: Any) -> Any:
-            if not self.enabled:
-                return original(*args, **kwargs)
-            try:
-                raw = raw_from(getframe(1), max(self.watcher.options.stack_depth, 1))
-                coro: Any = self._opening(method, original, args, kwargs, raw)
-                # A coroutine dropped without await must still be named after the method.
-                coro.__name__ = getattr(original, "__name__", method)
-                coro.__qualname__ = getattr(original, "__qualname__", method)
-            except Exception as exc:
-                self.failed(exc)
-                return original(*args, **kwargs)
-            return coro
-
-        open_and_note.__wrapped__ = original  # type: ignore[attr-defined]
-        return open_and_note
+        # A partial of one function, not a closure with a __wrapped__: two objects for
+        # the collector rather than seven (a loop per test gets four of these).
+        return functools.partial(_open_and_note, self, method, original)
 
     async def _opening(self, method: str, original: Callable[..., Coroutine[Any, Any, Any]],
                        args: tuple[Any, ...], kwargs: dict[str, Any], raw: RawStack) -> Any:
