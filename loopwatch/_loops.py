@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._options import Options, make_options
-from ._records import _STOP, _ids, make_task_factory, record_existing, speedups
+from ._records import _PLUMBING_FILES, _STOP, _ids, make_task_factory, record_existing, speedups
 from ._watcher import Watcher, _tasks_may_exist
 
 __all__ = [
@@ -39,19 +39,10 @@ _getframe = sys._getframe
 
 _modname: Callable[[int], str | None] | None = getattr(sys, "_getframemodulename", None)
 
-# The files and modules of asyncio's own create_task plumbing (asyncio.create_task,
-# ensure_future, TaskGroup.create_task, run_until_complete): the fast path starts a
-# creation stack at the first frame from elsewhere.
+# The modules of asyncio's own create_task plumbing (asyncio.create_task, ensure_future,
+# TaskGroup.create_task, run_until_complete): the fast path starts a creation stack at
+# the first frame from elsewhere (the compiled one looks at _PLUMBING_FILES, the same).
 _PLUMBING_MODULES = frozenset({"asyncio.tasks", "asyncio.taskgroups", "asyncio.base_events"})
-_PLUMBING_FILES = frozenset(
-    f.__code__.co_filename for f in (
-        asyncio.tasks.ensure_future,
-        asyncio.base_events.BaseEventLoop.create_task,
-        # (3.11+; on 3.10 this repeats the line above)
-        getattr(getattr(asyncio, "taskgroups", None), "TaskGroup",
-                asyncio.BaseEventLoop).create_task,
-    )
-)
 
 
 _SHUTDOWN_STEPS = frozenset({"shutdown_asyncgens", "shutdown_default_executor"})

@@ -165,6 +165,18 @@ _PLUMBING_CODES: tuple[Any, ...] = tuple(
     ) if c is not None
 )
 
+# The files of the create_task plumbing that the compiled paths skip (the Python fast
+# path in _loops skips the same modules by name).
+_PLUMBING_FILES = frozenset(
+    f.__code__.co_filename for f in (
+        asyncio.tasks.ensure_future,
+        asyncio.base_events.BaseEventLoop.create_task,
+        # (3.11+; on 3.10 this repeats the line above)
+        getattr(getattr(asyncio, "taskgroups", None), "TaskGroup",
+                asyncio.BaseEventLoop).create_task,
+    )
+)
+
 # The loop's own frames above a task step: a creation stack stops there.
 _STOP = asyncio.events.Handle._run.__code__
 
@@ -267,6 +279,14 @@ def make_task_factory(
             return task
 
     loopwatch_task_factory.__loopwatch__ = True  # type: ignore[attr-defined]
+    if speedups is not None and chained is None and not eager:
+        # The compiled fast path serves as the factory too (the create_task of a loop
+        # loopwatch attached to, a test's loop among them); what it does not handle
+        # (eager_start) it hands to the Python factory above.
+        fast: Callable[..., asyncio.Future[Any]] = speedups.FastCreateTask(
+            watcher.loop, Task, depth, loopwatch_task_factory, _current_task, _STOP,
+            _PLUMBING_FILES)
+        return fast
     return loopwatch_task_factory
 
 

@@ -42,7 +42,7 @@ static PyObject *monotonic_fn;             /* time.monotonic (off Linux) */
 static PyObject *ids_counter;              /* loopwatch._records._ids */
 
 static PyObject *s_exception, *s_cancelled, *s_coro, *s_cr_code, *s_lw_sink,
-    *s_call_soon, *s_name, *s_context, *s_loop, *s_FINISHED, *s_CANCELLED,
+    *s_call_soon, *s_forget, *s_name, *s_context, *s_loop, *s_FINISHED, *s_CANCELLED,
     *s_PENDING, *s_lw_id, *kw_loop_name, *kw_loop_name_context, *empty_tuple, *zero;
 
 /* After an error while recording: clear it and return 0 when it is loopwatch's to
@@ -309,7 +309,6 @@ typedef struct {
     PyObject *current_task;
     PyObject *stop_code;     /* a creation stack stops at the loop's Handle._run */
     PyObject *skip_files;    /* frozenset: filenames of asyncio's create_task plumbing */
-    PyObject *forget_cb;     /* self.forget, for loop.call_soon */
     Py_ssize_t depth;
     PyObject *last_frame;    /* the frame of the last capture, until the next turn */
     int last_lasti;
@@ -409,8 +408,13 @@ capture(FastCreate *self, PyObject *parent)
         return NULL;
     }
     if (self->last_frame == NULL) {
-        /* The frame is let go at the next turn of the loop. */
-        PyObject *r = PyObject_CallMethodOneArg(self->loop, s_call_soon, self->forget_cb);
+        /* The frame is let go at the next turn of the loop. (The bound method is made
+         * here, not kept: kept, it would make a reference cycle of this object, which
+         * only the garbage collector could free, with the loop it holds.) */
+        PyObject *forget = PyObject_GetAttr((PyObject *)self, s_forget);
+        PyObject *r = forget == NULL ? NULL
+                      : PyObject_CallMethodOneArg(self->loop, s_call_soon, forget);
+        Py_XDECREF(forget);
         if (r == NULL) {
             Py_DECREF(f);
             Py_DECREF(stack);
@@ -442,6 +446,10 @@ FastCreate_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
             }
             else if (key == s_context || PyUnicode_Compare(key, s_context) == 0) {
                 context = args[nargs + i];
+            }
+            else if (args[nargs + i] == Py_None
+                     && PyUnicode_CompareWithASCIIString(key, "eager_start") == 0) {
+                /* (uvloop passes eager_start=None to a task factory: the default) */
             }
             else {  /* eager_start and the like: the base loop's path */
                 return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
@@ -534,7 +542,12 @@ FastCreate_forget(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* FastCreateTask(loop, task_class, depth, slow, current_task, stop_code, skip_files) */
+/* FastCreateTask(loop, task_class, depth, slow, current_task, stop_code, skip_files)
+ *
+ * Called as loop.create_task(coro, *, name=None, context=None) (it binds to the loop
+ * like a function) or as the loop's task factory, factory(loop, coro, **kwargs):
+ * both arrive as (loop, coro, ...). Anything else (eager_start, ...) goes to `slow`,
+ * called with the same arguments. */
 static PyObject *
 FastCreate_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -573,13 +586,7 @@ FastCreate_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->last_frame = NULL;
     self->last_lasti = -1;
     self->last_stack = Py_NewRef(empty_tuple);
-    self->forget_cb = NULL;
     PyObject_GC_Track(self);
-    self->forget_cb = PyObject_GetAttrString((PyObject *)self, "forget");
-    if (self->forget_cb == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
     return (PyObject *)self;
 }
 
@@ -594,7 +601,6 @@ FastCreate_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->current_task);
     Py_VISIT(self->stop_code);
     Py_VISIT(self->skip_files);
-    Py_VISIT(self->forget_cb);
     Py_VISIT(self->last_frame);
     Py_VISIT(self->last_stack);
     return 0;
@@ -610,7 +616,6 @@ FastCreate_clear(PyObject *op)
     Py_CLEAR(self->current_task);
     Py_CLEAR(self->stop_code);
     Py_CLEAR(self->skip_files);
-    Py_CLEAR(self->forget_cb);
     Py_CLEAR(self->last_frame);
     Py_CLEAR(self->last_stack);
     return 0;
@@ -634,6 +639,17 @@ FastCreate_get(PyObject *op, PyObject *obj, PyObject *type)
     return PyMethod_New(op, obj);
 }
 
+static PyObject *
+FastCreate_is_loopwatch(PyObject *op, void *closure)
+{
+    Py_RETURN_TRUE;
+}
+
+static PyGetSetDef FastCreate_getset[] = {
+    {"__loopwatch__", FastCreate_is_loopwatch, NULL, "loopwatch's own (a task factory).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMethodDef FastCreate_methods[] = {
     {"forget", FastCreate_forget, METH_NOARGS,
      "Let go of the frame of the last capture."},
@@ -655,6 +671,7 @@ static PyTypeObject FastCreate_Type = {
     .tp_vectorcall_offset = offsetof(FastCreate, vectorcall),
     .tp_descr_get = FastCreate_get,
     .tp_methods = FastCreate_methods,
+    .tp_getset = FastCreate_getset,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -688,6 +705,7 @@ PyInit__speedups(void)
     INTERN(s_lw_sink, "_lw_sink");
     INTERN(s_lw_id, "_lw_id");
     INTERN(s_call_soon, "call_soon");
+    INTERN(s_forget, "forget");
     INTERN(s_name, "name");
     INTERN(s_context, "context");
     INTERN(s_loop, "loop");

@@ -161,13 +161,17 @@ def test_policy_install_watches_new_loops() -> None:
         asyncio.set_event_loop_policy(old)
 
 
-def test_attach_lists_existing_tasks_without_stacks() -> None:
+def test_attach_lists_existing_tasks_without_stacks(implementation: str) -> None:
     async def main() -> None:
         ev = asyncio.Event()
         before = asyncio.create_task(forever(ev), name="before")
         await asyncio.sleep(0)
         w = loopwatch.attach(log=False)
         assert loopwatch.attach() is w
+        # (the task factory attach sets: the compiled fast path, or the Python one)
+        factory = asyncio.get_running_loop().get_task_factory()
+        assert getattr(factory, "__loopwatch__", False)
+        assert (type(factory).__name__ == "FastCreateTask") == (implementation == "compiled")
         after = asyncio.create_task(forever(ev), name="after")
         await asyncio.sleep(0)
         infos = {i.name: i for i in w.tasks()}
