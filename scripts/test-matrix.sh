@@ -65,6 +65,17 @@ ensure_venv() {
 
 passed=0 failed=0 skipped=0 failures=
 last_v= last_py= last_vpy=
+
+# count_run NAME STATUS: one run's result in the totals. Status 5 (no tests collected)
+# is a failure too: a run that tested nothing failed.
+count_run() {
+    if [ "$2" -eq 0 ]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        failures="$failures $1(exit $2)"
+    fi
+}
 for v in $PYTHONS; do
     if ! py=$(find_python "$v"); then
         echo "SKIP python $v: not installed"
@@ -82,14 +93,7 @@ for v in $PYTHONS; do
         echo
         echo "=== python $v ($py) x $loop ==="
         LOOPWATCH_TEST_LOOP=$loop "$vpy" -m pytest -q -p no:cacheprovider "$@"
-        rc=$?
-        if [ "$rc" -eq 0 ]; then
-            passed=$((passed + 1))
-        else
-            # rc 5 (no tests collected) lands here too: a run that tested nothing failed.
-            failed=$((failed + 1))
-            failures="$failures py$v/$loop(exit $rc)"
-        fi
+        count_run "py$v/$loop" $?
     done
 done
 
@@ -98,13 +102,7 @@ if [ "$PURE" = 1 ] && [ -n "$last_vpy" ]; then
     echo
     echo "=== python $last_v ($last_py) x $loop, pure Python (LOOPWATCH_NO_SPEEDUPS=1) ==="
     LOOPWATCH_NO_SPEEDUPS=1 LOOPWATCH_TEST_LOOP=$loop "$last_vpy" -m pytest -q -p no:cacheprovider "$@"
-    rc=$?
-    if [ "$rc" -eq 0 ]; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        failures="$failures py$last_v/$loop-pure(exit $rc)"
-    fi
+    count_run "py$last_v/$loop-pure" $?
 fi
 
 echo
