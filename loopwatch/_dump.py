@@ -26,6 +26,7 @@ from typing import IO, Any
 from ._awaits import describe
 from ._frames import Frame, format_raw, frame_of
 from ._records import task_id
+from ._threads import keep_out_of_signals
 from ._watcher import Watcher, all_watchers, task_ref
 
 __all__ = ["cancel_dump_later", "dump", "dump_later", "dump_on_signal", "format_dump"]
@@ -314,6 +315,7 @@ def cancel_dump_later() -> None:
 
 def _later_main(seconds: float, repeat: bool, file: DumpFile, limit: int,
                 stop: threading.Event) -> None:
+    keep_out_of_signals()
     while not stop.wait(seconds):
         try:
             _write(format_dump(limit=limit), file)

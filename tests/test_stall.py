@@ -340,3 +340,32 @@ def test_an_attached_loop_is_watched_and_its_pauses_are_not_stalls() -> None:
     assert f.site is not None and f.site.line == BLOCK_LINE
     assert seen[0].lag()["max"] < 0.5  # the pause (0.6 s) is not loop lag either
     assert thread is not None and not thread.is_alive()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_watchdog_leaves_the_programs_signals_to_the_program() -> None:
+    # The kernel gives a signal sent to the process to any thread that does not block
+    # it; Python wakes the main thread from an idle loop's select only when the signal
+    # landed there. A Ctrl-C taken by the watchdog would leave an idle program waiting.
+    import signal
+
+    watched = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}
+
+    def blocked(native_id: int) -> set[int]:
+        status = Path(f"/proc/self/task/{native_id}/status").read_text()
+        mask = next(int(line.split()[1], 16) for line in status.splitlines()
+                    if line.startswith("SigBlk:"))
+        return {sig for sig in watched if mask >> (sig - 1) & 1}
+
+    loop = loopwatch.loop_factory(BASE_LOOP, log=False)()
+    try:
+        loop.run_until_complete(asyncio.sleep(0))  # (the watchdog lives with the loop)
+        (watchdog,) = [t for t in threading.enumerate() if t.name == "loopwatch-watchdog"]
+        assert watchdog.native_id is not None
+        deadline = time.monotonic() + 10
+        while blocked(watchdog.native_id) != watched and time.monotonic() < deadline:
+            time.sleep(0.001)  # (its first step, which may not have run yet)
+        assert blocked(watchdog.native_id) == watched
+        assert blocked(threading.main_thread().native_id or 0) == set()
+    finally:
+        loop.close()

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._frames import Frame, frame_of, is_library
 from .._report import Finding, TaskRef
+from .._threads import keep_out_of_signals
 from . import Detector
 
 if TYPE_CHECKING:
@@ -659,6 +660,7 @@ class StallDetector(Detector):
 def _watchdog_main(ref: weakref.ref[StallDetector], kick: threading.Event) -> None:
     """The watchdog thread. Holds its detector only while it works, so that a loop
     dropped without being closed can still be collected (the thread then ends)."""
+    keep_out_of_signals()
     while True:
         detector = ref()
         if detector is None:

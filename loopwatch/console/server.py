@@ -33,6 +33,7 @@ import anyio
 import anyio.abc
 
 from .._exceptions import ConsoleError
+from .._threads import keep_out_of_signals
 from .commands import Context, SessionState, json_line, run_json, run_text
 
 if TYPE_CHECKING:
@@ -414,6 +415,7 @@ class ConsoleServer:
     # -- the thread --
 
     def _thread_main(self) -> None:
+        keep_out_of_signals()
         try:
             anyio.run(self._serve, backend="asyncio",
                       backend_options={"loop_factory": _plain_loop})
