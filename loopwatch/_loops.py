@@ -19,7 +19,16 @@ from typing import Any, TypeVar
 
 from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._options import Options, make_options
-from ._records import _PLUMBING_FILES, _STOP, _ids, make_task_factory, record_existing, speedups
+from ._records import (
+    _CREATE_TASK_FILES,
+    _CREATE_TASK_MODULES,
+    _STOP,
+    _ids,
+    compiled_create_task,
+    make_task_factory,
+    record_existing,
+    speedups,
+)
 from ._watcher import Watcher, _tasks_may_exist
 
 __all__ = [
@@ -38,11 +47,6 @@ _current_task = asyncio.current_task
 _getframe = sys._getframe
 
 _modname: Callable[[int], str | None] | None = getattr(sys, "_getframemodulename", None)
-
-# The modules of asyncio's own create_task plumbing (asyncio.create_task, ensure_future,
-# TaskGroup.create_task, run_until_complete): the fast path starts a creation stack at
-# the first frame from elsewhere (the compiled one looks at _PLUMBING_FILES, the same).
-_PLUMBING_MODULES = frozenset({"asyncio.tasks", "asyncio.taskgroups", "asyncio.base_events"})
 
 
 _SHUTDOWN_STEPS = frozenset({"shutdown_asyncgens", "shutdown_default_executor"})
@@ -81,8 +85,7 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
     it is the compiled version of the same function.
     """
     if speedups is not None:
-        fast = speedups.FastCreateTask(loop, task_class, depth, _WatchedLoopMixin.create_task,
-                                       _current_task, _STOP, _PLUMBING_FILES)
+        fast = compiled_create_task(loop, task_class, depth, _WatchedLoopMixin.create_task)
         return fast, fast.forget
     last_frame: Any = None
     last_lasti = -1
@@ -93,8 +96,8 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
     getframe = _getframe
     modname = _modname
     stop = _STOP
-    plumbing_files = _PLUMBING_FILES
-    plumbing_modules = _PLUMBING_MODULES
+    plumbing_files = _CREATE_TASK_FILES
+    plumbing_modules = _CREATE_TASK_MODULES
 
     def forget_frame() -> None:
         nonlocal last_frame

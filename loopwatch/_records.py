@@ -155,19 +155,12 @@ def task_id(task: asyncio.Future[Any]) -> int:
     return n
 
 
-# Frames of asyncio's own create_task plumbing, skipped when the stack is captured.
-_PLUMBING_MODULES = frozenset({"asyncio.base_events", "asyncio.tasks", "asyncio.taskgroups",
-                               "asyncio.events"})
-_PLUMBING_CODES: tuple[Any, ...] = tuple(
-    c for c in (
-        getattr(asyncio.BaseEventLoop.create_task, "__code__", None),
-        getattr(asyncio.tasks.create_task, "__code__", None),
-    ) if c is not None
-)
-
-# The files of the create_task plumbing that the compiled paths skip (the Python fast
-# path in _loops skips the same modules by name).
-_PLUMBING_FILES = frozenset(
+# asyncio's own create_task plumbing (asyncio.create_task, ensure_future,
+# TaskGroup.create_task, run_until_complete): the fast paths start a creation stack at
+# the first frame from elsewhere. The Python one asks for frames' modules by name (3.12+)
+# or looks at their files, the compiled one at their files.
+_CREATE_TASK_MODULES = frozenset({"asyncio.tasks", "asyncio.taskgroups", "asyncio.base_events"})
+_CREATE_TASK_FILES = frozenset(
     f.__code__.co_filename for f in (
         asyncio.tasks.ensure_future,
         asyncio.base_events.BaseEventLoop.create_task,
@@ -175,6 +168,15 @@ _PLUMBING_FILES = frozenset(
         getattr(getattr(asyncio, "taskgroups", None), "TaskGroup",
                 asyncio.BaseEventLoop).create_task,
     )
+)
+
+# Frames the task factory skips when it captures a stack: the same, and asyncio.events.
+_PLUMBING_MODULES = _CREATE_TASK_MODULES | {"asyncio.events"}
+_PLUMBING_CODES: tuple[Any, ...] = tuple(
+    c for c in (
+        getattr(asyncio.BaseEventLoop.create_task, "__code__", None),
+        getattr(asyncio.tasks.create_task, "__code__", None),
+    ) if c is not None
 )
 
 # The loop's own frames above a task step: a creation stack stops there.
@@ -283,11 +285,21 @@ def make_task_factory(
         # The compiled fast path serves as the factory too (the create_task of a loop
         # loopwatch attached to, a test's loop among them); what it does not handle
         # (eager_start) it hands to the Python factory above.
-        fast: Callable[..., asyncio.Future[Any]] = speedups.FastCreateTask(
-            watcher.loop, Task, depth, loopwatch_task_factory, _current_task, _STOP,
-            _PLUMBING_FILES)
+        fast: Callable[..., asyncio.Future[Any]] = compiled_create_task(
+            watcher.loop, Task, depth, loopwatch_task_factory)
         return fast
     return loopwatch_task_factory
+
+
+def compiled_create_task(loop: Any, task_class: type[WatchedTask], depth: int,
+                         slow: Callable[..., Any]) -> Any:
+    """The compiled fast path (``speedups`` must be loaded) for ``loop``: a watched
+    loop's ``create_task``, or the task factory of a loop loopwatch attached to. What
+    it does not handle itself (``eager_start``) it hands to ``slow``, with the same
+    arguments."""
+    assert speedups is not None
+    return speedups.FastCreateTask(loop, task_class, depth, slow, _current_task, _STOP,
+                                   _CREATE_TASK_FILES)
 
 
 def _foreign_done(sink: Callable[[tuple[Any, ...]], None]) -> Callable[[Any], None]:

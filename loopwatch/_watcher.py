@@ -463,10 +463,8 @@ class Watcher:
         its owner drops it, without waiting for the garbage collector. The report stays
         readable. Does only :meth:`close` while the loop is open."""
         self.close()
-        detach, self._detach = self._detach, None
-        if not self.closed:
-            self._detach = detach
-        elif detach is not None:
+        if self.closed and self._detach is not None:
+            detach, self._detach = self._detach, None
             detach()
 
     def __repr__(self) -> str:

@@ -508,6 +508,7 @@ def test_a_released_watcher_lets_go_of_its_closed_loop() -> None:
 def test_tasks_survive_recording_failure(
         implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import loopwatch._loops as loops
+    import loopwatch._records as records
 
     def broken(*args: object) -> object:
         raise RuntimeError("inside loopwatch")
@@ -516,6 +517,7 @@ def test_tasks_survive_recording_failure(
     # the parent)
     monkeypatch.setattr(loops, "_getframe", broken)
     monkeypatch.setattr(loops, "_current_task", broken)
+    monkeypatch.setattr(records, "_current_task", broken)  # (the compiled path's)
 
     async def main() -> int:
         return await asyncio.create_task(asyncio.sleep(0, 7), name="seven")
@@ -528,11 +530,13 @@ def test_a_keyboard_interrupt_while_recording_reaches_the_program(
     # A signal handler can run inside what the recording calls: its exception is the
     # program's, not one of loopwatch's own to swallow.
     import loopwatch._loops as loops
+    import loopwatch._records as records
 
     def interrupted(*args: object) -> object:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(loops, "_current_task", interrupted)
+    monkeypatch.setattr(records, "_current_task", interrupted)  # (the compiled path's)
     loop = loopwatch.loop_factory(BASE_LOOP, log=False)()
     try:
         with pytest.raises(KeyboardInterrupt):

@@ -220,13 +220,9 @@ class AsyncgenDetector(EventDetector):
     def install(self) -> None:
         loop = self.watcher.loop
         patches = LoopPatches(loop)
-        if getattr(loop, "_asyncgen_firstiter_hook", None) is not None and \
-                getattr(loop, "_asyncgen_finalizer_hook", None) is not None:
-            # (both in one pass: a loop per test pays for each)
-            ok = not patches.wrap_each(_ASYNCGEN_HOOKS, self._hook_wrapper)
-        else:
-            ok = patches.wrap("_asyncgen_firstiter_hook", self._firstiter_wrapper) and \
-                patches.wrap("_asyncgen_finalizer_hook", self._finalizer_wrapper)
+        # (both in one pass: a loop per test pays for each)
+        ok = all(getattr(loop, name, None) is not None for name in _ASYNCGEN_HOOKS) and \
+            not patches.wrap_each(_ASYNCGEN_HOOKS, self._hook_wrapper)
         self._patches = patches
         if not ok:
             self._note = (f"asyncgen_unfinalized: {type(loop).__name__} has no async generator "
