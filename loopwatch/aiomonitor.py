@@ -128,11 +128,13 @@ class LoopwatchMonitor(_aiomonitor.Monitor):  # type: ignore[misc]
                     "LoopwatchMonitor() needs a loop: pass one or create it inside a running loop"
                 ) from None
         host = str(kwargs.get("host", _aiomonitor.MONITOR_HOST))
-        for key, default in (("termui_port", _aiomonitor.MONITOR_TERMUI_PORT),
-                             ("webui_port", _aiomonitor.MONITOR_WEBUI_PORT),
-                             ("console_port", _aiomonitor.CONSOLE_PORT)):
-            port = kwargs.get(key, default)
-            kwargs[key] = _free_port(host) if port == 0 else port
+        ports = {key: kwargs.get(key, default)
+                 for key, default in (("termui_port", _aiomonitor.MONITOR_TERMUI_PORT),
+                                      ("webui_port", _aiomonitor.MONITOR_WEBUI_PORT),
+                                      ("console_port", _aiomonitor.CONSOLE_PORT))}
+        zero = [key for key, port in ports.items() if port == 0]
+        kwargs.update(ports)
+        kwargs.update(zip(zero, _free_ports(host, len(zero)), strict=True))
         self._lw_watcher: Watcher = attach(loop)
         if loop.is_running() and self._lw_watcher.loop_thread is None:
             # Attached from another thread while the loop runs: the loop-started hook
@@ -631,11 +633,17 @@ def _format_frames(frames: Sequence[Frame]) -> str:
     return textwrap.dedent("".join(traceback.format_list(summaries)))
 
 
-def _free_port(host: str) -> int:
+def _free_ports(host: str, count: int) -> list[int]:
+    """``count`` different free ports on ``host``. The sockets are held until all are
+    bound: one at a time, the kernel may hand out the same port twice (seen in CI)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def _check_port(host: str, port: int, what: str, argument: str) -> None:

@@ -478,8 +478,7 @@ def test_commands_on_a_loop_that_is_not_watched(terminal: Terminal,
     try:
         lwa._quiet_aiomonitor_warnings()  # else aiomonitor hangs at start under -W error
         plain = aiomonitor.Monitor(loop, termui_port=0, webui_port=0, console_port=0)
-        plain._termui_port = lwa._free_port("127.0.0.1")
-        plain._webui_port = lwa._free_port("127.0.0.1")
+        plain._termui_port, plain._webui_port = lwa._free_ports("127.0.0.1", 2)
         plain.start()
         try:
             term = Terminal(plain._termui_port)
@@ -653,8 +652,8 @@ def test_aiomonitors_own_factory_hook_breaks_on_uvloop_313() -> None:
     loop = base_loop()
     lwa._quiet_aiomonitor_warnings()  # else aiomonitor hangs at start under -W error
     try:
-        m = aiomonitor.Monitor(loop, termui_port=lwa._free_port("127.0.0.1"),
-                               webui_port=lwa._free_port("127.0.0.1"),
+        termui_port, webui_port = lwa._free_ports("127.0.0.1", 2)
+        m = aiomonitor.Monitor(loop, termui_port=termui_port, webui_port=webui_port,
                                console_port=0, hook_task_factory=True)
         m.start()
         try:
