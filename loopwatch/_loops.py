@@ -90,6 +90,7 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
     last_frame: Any = None
     last_lasti = -1
     last_stack: tuple[Any, ...] = ()
+    hint = 0
     ids = _ids
     current_task = _current_task
     monotonic = _monotonic
@@ -104,7 +105,7 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
         last_frame = None
 
     def capture(f: Any, parent: Any) -> tuple[Any, ...]:
-        nonlocal last_frame, last_lasti, last_stack
+        nonlocal last_frame, last_lasti, last_stack, hint
         first = f
         # The creating task's own coroutine frame is the top of the stack: going past
         # it would only reach (and materialize) the loop's frames.
@@ -123,6 +124,12 @@ def _fast_path(loop: Any, task_class: Any, depth: int) -> tuple[Callable[..., An
             n -= 1
         stack = tuple(out)
         if last_frame is None:
+            if id(first) != hint:
+                # A frame's first task: nothing is kept, so nothing needs letting go
+                # of (a loop per test would pay one more callback for each task).
+                # (Only compared: a reused id just starts the cache early.)
+                hint = id(first)
+                return stack
             # The frame is let go at the next turn of the loop, so that what its locals
             # hold (a task the program dropped, say) is released as if loopwatch were
             # not there; within one callback, a batch of tasks shares one capture.

@@ -313,6 +313,10 @@ typedef struct {
     PyObject *last_frame;    /* the frame of the last capture, until the next turn */
     int last_lasti;
     PyObject *last_stack;
+    /* the address of the frame of the last capture that was not kept: only compared,
+     * never dereferenced (a frame that makes one task keeps nothing, schedules
+     * nothing; the second task of a frame starts the cache) */
+    void *hint;
 } FastCreate;
 
 static PyTypeObject FastCreate_Type;
@@ -408,6 +412,14 @@ capture(FastCreate *self, PyObject *parent)
         return NULL;
     }
     if (self->last_frame == NULL) {
+        if ((void *)f != self->hint) {
+            /* A frame's first task: nothing kept, so nothing to let go of later (a
+             * loop per test, or a program that makes a task here and there, would
+             * otherwise pay for one more callback for each task). */
+            self->hint = (void *)f;
+            Py_DECREF(f);
+            return stack;
+        }
         /* The frame is let go at the next turn of the loop. (The bound method is made
          * here, not kept: kept, it would make a reference cycle of this object, which
          * only the garbage collector could free, with the loop it holds.) */

@@ -247,6 +247,23 @@ def test_task_dropped_by_a_returned_function_is_released(implementation: str) ->
     loopwatch.run(main(), loop=BASE_LOOP, log=False)
 
 
+def test_a_frames_first_task_schedules_nothing_more(implementation: str) -> None:
+    # The stack cache starts with a frame's second task: a loop that makes a task here
+    # and there (a loop per test makes three) pays for no extra callback.
+    async def main() -> None:
+        ready = getattr(asyncio.get_running_loop(), "_ready", None)
+        if ready is None:
+            pytest.skip("the loop's ready queue is not visible (uvloop)")
+        before = len(ready)
+        first = asyncio.create_task(asyncio.sleep(0))
+        assert len(ready) == before + 1  # the task's first step, nothing else
+        second = asyncio.create_task(asyncio.sleep(0))
+        assert len(ready) == before + 3  # its step, and letting go of the cached frame
+        await asyncio.gather(first, second)
+
+    loopwatch.run(main(), loop=BASE_LOOP, log=False)
+
+
 def test_batches_share_a_stack_and_callers_keep_their_own(implementation: str) -> None:
     async def work() -> None:
         await asyncio.sleep(0)
