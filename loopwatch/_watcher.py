@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _frames
 from ._awaits import Awaiting, describe
-from ._detectors import HOOKS_OF, make_detectors, own_hooks
+from ._detectors import hook_table, make_detectors
 from ._frames import Frame
 from ._options import Options
 from ._records import (
@@ -144,6 +144,9 @@ class Watcher:
         self._keys: dict[Any, Finding] = {}
         self._listeners: list[Callable[[Finding], None]] = []
         self.detectors: list[Detector] = []
+        #: hook -> positions in ``detectors`` of those that define it (see :meth:`_broadcast`)
+        self._hooked: dict[str, tuple[int, ...]] | None = None
+        self._hooked_for = 0
         self.console: Any = None
         #: undoes what attaching put on the loop (see :meth:`release`)
         self._detach: Callable[[], None] | None = None
@@ -156,10 +159,8 @@ class Watcher:
 
     def install_detectors(self) -> None:
         """Create and install every detector (called once by the loop layer)."""
-        for detector in make_detectors(self):
-            self.detectors.append(detector)
-            if "install" in (HOOKS_OF.get(type(detector)) or own_hooks(type(detector))):
-                self.call(detector, "install")
+        self.detectors.extend(make_detectors(self))
+        self._broadcast("install")
 
     def detector(self, name: str) -> Detector | None:
         for d in self.detectors:
@@ -185,12 +186,17 @@ class Watcher:
                           f"{type(exc).__name__}: {exc}")
 
     def _broadcast(self, hook: str, *args: Any) -> None:
-        hooks_of = HOOKS_OF
-        for detector in list(self.detectors):
-            cls = type(detector)
-            # (the base's hooks do nothing; :meth:`call`, inlined: a loop per test pays
-            # for every hook of every detector)
-            if detector.enabled and hook in (hooks_of.get(cls) or own_hooks(cls)):
+        # Only the detectors that define the hook (the base's hooks do nothing), from a
+        # table shared by every watcher with the same detector classes; :meth:`call`,
+        # inlined. A loop per test pays for every hook of every detector.
+        detectors = list(self.detectors)  # (tick runs in the watchdog thread)
+        hooked = self._hooked
+        if hooked is None or self._hooked_for != len(detectors):
+            hooked = self._hooked = hook_table(tuple(type(d) for d in detectors))
+            self._hooked_for = len(detectors)
+        for i in hooked.get(hook, ()):
+            detector = detectors[i]
+            if detector.enabled:
                 try:
                     getattr(detector, hook)(*args)
                 except Exception as exc:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .._report import Finding
     from .._watcher import Watcher
 
-__all__ = ["HOOKS_OF", "Detector", "make_detectors", "own_hooks"]
+__all__ = ["HOOKS_OF", "Detector", "hook_table", "make_detectors", "own_hooks"]
 
 
 class Detector:
@@ -102,6 +102,27 @@ def own_hooks(cls: type[Detector]) -> frozenset[str]:
             name for name, base in vars(Detector).items()
             if callable(base) and not name.startswith("_") and getattr(cls, name) is not base)
     return hooks
+
+
+#: the hooks a watcher calls (the public methods of :class:`Detector`)
+HOOKS: tuple[str, ...] = tuple(name for name, value in vars(Detector).items()
+                               if callable(value) and not name.startswith("_"))
+
+#: per tuple of detector classes: hook -> positions of the classes that define it
+_hook_tables: dict[tuple[type[Detector], ...], dict[str, tuple[int, ...]]] = {}
+
+
+def hook_table(classes: tuple[type[Detector], ...]) -> dict[str, tuple[int, ...]]:
+    """For detectors of ``classes`` (in order): each hook, and the positions of the
+    detectors that define it. Shared by every watcher with the same classes (a loop per
+    test would otherwise ask each of its detectors about each hook)."""
+    table = _hook_tables.get(classes)
+    if table is None:
+        table = {hook: tuple(i for i, cls in enumerate(classes) if hook in own_hooks(cls))
+                 for hook in HOOKS}
+        if len(_hook_tables) < 64:
+            _hook_tables[classes] = table
+    return table
 
 
 def _classes() -> list[type[Detector]]:

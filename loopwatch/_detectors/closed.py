@@ -185,11 +185,20 @@ class LoopPatches:
         """Undo the last wrapper."""
         if self._done:
             name, holder, stored, previous = self._done.pop()
-            try:
-                own = holder.__dict__ if isinstance(holder, type) else vars(holder)
-            except TypeError:
+            if holder is self.loop:
+                # The loop's own dict, changed in place (no attribute protocol: a loop
+                # per test has nine wrappers taken off it).
+                try:
+                    own = vars(holder)
+                    if own.get(name) is stored:
+                        if previous is _MISSING:
+                            del own[name]
+                        else:
+                            own[name] = previous
+                except (TypeError, KeyError):
+                    pass
                 return
-            if own.get(name) is not stored:
+            if holder.__dict__.get(name) is not stored:
                 return
             try:
                 if previous is _MISSING:
@@ -400,8 +409,6 @@ def _check_closed_codes(cls: type) -> dict[CodeType, str | None] | None:
     return result
 
 
-_CALL_IN_SET = frozenset(CALL_INS)
-
 #: code of loopwatch's own wrappers of call-ins that always call the method they wrap
 #: (the dropped_callback timer wrapper, the executor job wrapper)
 #: (by id: hashing a code object hashes its whole content, several microseconds, and
@@ -419,9 +426,12 @@ def _passes_through(loop: Any, name: str, value: Any) -> bool:
     class's own method, and nothing else."""
     method = getattr(base_class(loop), name, None)
     for _ in range(8):
-        if type(value) is MethodType:  # (no getattr that misses: it costs an exception)
+        kind = type(value)
+        if kind is MethodType:  # (no getattr that misses: it costs an exception)
             return value.__self__ is loop and value.__func__ is method
-        if type(value) is not FunctionType or id(value.__code__) not in PASS_THROUGH:
+        code = value.func.__code__ if kind is functools.partial and \
+            type(value.func) is FunctionType else value.__code__ if kind is FunctionType else None
+        if code is None or id(code) not in PASS_THROUGH:
             return False
         value = getattr(value, "__wrapped__", None)
     return False
@@ -455,7 +465,7 @@ class PostCloseDetector(EventDetector):
         except TypeError:
             own = None
         if codes is not None and own is not None and "_check_closed" not in own and all(
-                _passes_through(loop, name, own[name]) for name in own.keys() & _CALL_IN_SET):
+                _passes_through(loop, name, own[name]) for name in CALL_INS if name in own):
             # asyncio's own loop: every call-in but create_future starts with
             # self._check_closed(), so two wrappers see them all (not twelve: a loop is
             # closed at the end of every test).
@@ -621,6 +631,46 @@ _Site = tuple[CodeType, int, str]
 _CALL_LATER = asyncio.BaseEventLoop.call_later.__code__
 
 
+def _schedule_timer(det: DroppedCallbackDetector, method: str, original: Callable[..., Any],
+                    when: Any, callback: Any, *args: Any, context: Any = None) -> Any:
+    """The ``call_at`` (or ``call_later``) of a loop whose timers are tracked: the timer
+    is scheduled, and where the program scheduled it is noted."""
+    handle = original(when, callback, *args, context=context)
+    try:
+        frame = sys._getframe(1)
+    except ValueError:  # called from C with no Python frame above
+        return handle
+    code = frame.f_code
+    how = method
+    if code is _CALL_LATER and frame.f_back is not None:
+        frame = frame.f_back
+        code = frame.f_code
+        how = "call_later"
+    user = _user_codes.get(id(code))
+    if user is not False:  # user code, or not known yet
+        try:
+            if user is None and not is_user_code(code):
+                return handle
+            if not det.enabled:
+                return handle
+            if det._asyncio_like:
+                sites = det._sites
+                sites[id(handle)] = ((code, frame.f_lasti, how), handle.when())
+                if len(sites) >= det._prune_at:
+                    det._prune()
+            elif hasattr(handle, "when"):  # uvloop: call_later(0) is a call_soon
+                handles = det._handles
+                handles.append((handle, (code, frame.f_lasti, how)))
+                if len(handles) >= det._prune_at:
+                    det._prune()
+        except Exception as exc:
+            det.failed(exc)
+    return handle
+
+
+pass_through(_schedule_timer.__code__)
+
+
 class DroppedCallbackDetector(EventDetector):
     """Timers are noted where they are made, as cheaply as possible (this runs for every
     ``call_later`` of the program):
@@ -683,46 +733,11 @@ class DroppedCallbackDetector(EventDetector):
         return list(self._notes)
 
     def _wrapper(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        getframe = sys._getframe
-        user_codes = _user_codes
-        sites = self._sites
-        handles = self._handles
-        asyncio_like = self._asyncio_like
-
-        def schedule_timer(when: Any, callback: Any, *args: Any, context: Any = None) -> Any:
-            handle = original(when, callback, *args, context=context)
-            try:
-                frame = getframe(1)
-            except ValueError:  # called from C with no Python frame above
-                return handle
-            code = frame.f_code
-            how = method
-            if code is _CALL_LATER and frame.f_back is not None:
-                frame = frame.f_back
-                code = frame.f_code
-                how = "call_later"
-            user = user_codes.get(id(code))
-            if user is not False:  # user code, or not known yet
-                try:
-                    if user is None and not is_user_code(code):
-                        return handle
-                    if not self.enabled:
-                        return handle
-                    if asyncio_like:
-                        sites[id(handle)] = ((code, frame.f_lasti, how), handle.when())
-                        if len(sites) >= self._prune_at:
-                            self._prune()
-                    elif hasattr(handle, "when"):  # uvloop: call_later(0) is a call_soon
-                        handles.append((handle, (code, frame.f_lasti, how)))
-                        if len(handles) >= self._prune_at:
-                            self._prune()
-                except Exception as exc:
-                    self.failed(exc)
-            return handle
-
-        schedule_timer.__wrapped__ = original  # type: ignore[attr-defined]
-        pass_through(schedule_timer.__code__)
-        return schedule_timer
+        # (a partial of a module-level function, not a closure: the test's collection
+        # walks two objects rather than ten)
+        wrapper = functools.partial(_schedule_timer, self, method, original)
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        return wrapper
 
     def _prune(self) -> None:
         """Forget the timers that ran or were cancelled (loop thread)."""

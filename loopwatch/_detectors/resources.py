@@ -200,6 +200,26 @@ def _unfinished(agen: Any) -> bool:
 _ASYNCGEN_HOOKS = ("_asyncgen_firstiter_hook", "_asyncgen_finalizer_hook")
 
 
+def _firstiter(det: AsyncgenDetector, original: Callable[[Any], Any], agen: Any) -> Any:
+    """A watched loop's async generator first-iteration hook."""
+    if det.enabled:
+        try:
+            det._first(agen, sys._getframe(1))
+        except Exception as exc:
+            det.failed(exc)
+    return original(agen)
+
+
+def _finalizer(det: AsyncgenDetector, original: Callable[[Any], Any], agen: Any) -> Any:
+    """A watched loop's async generator finalizer hook."""
+    if det.enabled:
+        try:
+            det._finalizing(agen)
+        except Exception as exc:
+            det.failed(exc)
+    return original(agen)
+
+
 class AsyncgenDetector(EventDetector):
     name = "asyncgen_unfinalized"
     kinds = ("asyncgen_unfinalized",)
@@ -246,35 +266,12 @@ class AsyncgenDetector(EventDetector):
         return [self._note] if self._note else []
 
     def _hook_wrapper(self, name: str, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        if name == "_asyncgen_firstiter_hook":
-            return self._firstiter_wrapper(original)
-        return self._finalizer_wrapper(original)
-
-    def _firstiter_wrapper(self, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        getframe = sys._getframe
-
-        def firstiter(agen: Any) -> Any:
-            if self.enabled:
-                try:
-                    self._first(agen, getframe(1))
-                except Exception as exc:
-                    self.failed(exc)
-            return original(agen)
-
-        firstiter.__wrapped__ = original  # type: ignore[attr-defined]
-        return firstiter
-
-    def _finalizer_wrapper(self, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def finalizer(agen: Any) -> Any:
-            if self.enabled:
-                try:
-                    self._finalizing(agen)
-                except Exception as exc:
-                    self.failed(exc)
-            return original(agen)
-
-        finalizer.__wrapped__ = original  # type: ignore[attr-defined]
-        return finalizer
+        # (partials of module-level functions, not closures: the test's collection walks
+        # fewer objects, a loop per test gets two of these)
+        wrapper = functools.partial(
+            _firstiter if name == "_asyncgen_firstiter_hook" else _finalizer, self, original)
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        return wrapper
 
     def _first(self, agen: Any, frame: FrameType) -> None:
         key = id(agen)
@@ -460,12 +457,16 @@ def _program_action(msg: Any) -> str:
 def _listen(det: UnclosedResourceDetector, *, force: bool) -> None:
     with _wlock:
         _listeners.append((weakref.ref(det, _gone), force))
-        _settle()
+        if force or _filtered or getattr(warnings, "_showwarnmsg", None) is not _show_warning:
+            _settle()  # (else: the hook is in place, and no filter changes)
 
 
 def _unlisten(det: UnclosedResourceDetector) -> None:
     with _wlock:
-        _listeners[:] = [(ref, force) for ref, force in _listeners if ref() is not det]
+        for i, (ref, _) in enumerate(_listeners):
+            if ref() is det:
+                del _listeners[i]
+                break
         _settle()
 
 
