@@ -699,8 +699,10 @@ class _OriginTracking:
             self.before = None
 
 
-#: frames of coroutine origin recorded in tests (Options.stack_depth's default)
-ORIGIN_DEPTH = 8
+#: frames of coroutine origin recorded in tests: the creating line and three callers.
+#: Every coroutine made while a test runs pays for each frame (on 3.12 and 3.13 a
+#: depth of 8 cost a pytest-asyncio test about 0.12M instructions, 4 about 0.07M).
+ORIGIN_DEPTH = 4
 
 
 # -- rendering ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from loopwatch import Report
+from loopwatch.testing import ORIGIN_DEPTH
 
 from .conftest import BASE_LOOP
 
@@ -592,7 +593,7 @@ def test_gc_modes(pytester: pytest.Pytester, mode: str, expected: dict[str, list
     # module's last test (module), or not during the session (off).
     # Coroutine origin tracking is on while tests run, unless turned off (here with gc).
     origins = "false" if mode == "off" else "true"
-    r = run(pytester, {"test_gc": GC_FILE.replace("ORIGIN_DEPTH", "0" if mode == "off" else "8")},
+    r = run(pytester, {"test_gc": GC_FILE.replace("ORIGIN_DEPTH", "0" if mode == "off" else str(ORIGIN_DEPTH))},
             "--loopwatch", "-o", f"loopwatch_gc={mode}", "-o",
             "loopwatch_checks=unretrieved_exception", "-o", f"loopwatch_track_origins={origins}")
     assert r.kinds == expected, r.text
