@@ -254,6 +254,24 @@ def test_no_wrappers_while_the_loop_is_open_and_none_after_watcher_close() -> No
     assert of_kind(w, "post_close_call") == []
 
 
+def test_an_attached_asyncio_loop_gets_two_wrappers_when_it_closes() -> None:
+    # asyncio's call-ins all start with _check_closed: wrapping it (and create_future)
+    # sees them all, unless something else wraps a call-in. The dropped_callback timer
+    # wrapper on call_at is loopwatch's own pass-through: it must not force all twelve.
+    loop = asyncio.new_event_loop()
+    w = loopwatch.attach(loop, log=False)
+    assert "call_at" in vars(loop)  # the timer wrapper
+    loop.close()
+    own = vars(loop)
+    assert "_check_closed" in own and "create_future" in own
+    assert "call_soon" not in own and "call_soon_threadsafe" not in own
+    with pytest.raises(RuntimeError):
+        loop.call_later(1, nothing)
+    (finding,) = of_kind(w, "post_close_call")
+    assert finding.details["count"] == 1  # call_later calls call_at: still one call
+    w.release()
+
+
 def test_a_failing_detector_is_reported_once_and_only_it_is_switched_off(
         monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(self: PostCloseDetector, *args: Any) -> None:
