@@ -89,6 +89,10 @@ DETECTORS: tuple[tuple[str, str], ...] = (
 
 _detector_classes: list[type[Detector]] = []
 
+#: the hooks a watcher calls (the public methods of :class:`Detector`)
+HOOKS: tuple[str, ...] = tuple(name for name, value in vars(Detector).items()
+                               if callable(value) and not name.startswith("_"))
+
 #: the hooks a detector class defines itself, by class (filled by :func:`own_hooks`)
 HOOKS_OF: dict[type[Detector], frozenset[str]] = {}
 
@@ -99,14 +103,9 @@ def own_hooks(cls: type[Detector]) -> frozenset[str]:
     hooks = HOOKS_OF.get(cls)
     if hooks is None:
         hooks = HOOKS_OF[cls] = frozenset(
-            name for name, base in vars(Detector).items()
-            if callable(base) and not name.startswith("_") and getattr(cls, name) is not base)
+            name for name in HOOKS if getattr(cls, name) is not getattr(Detector, name))
     return hooks
 
-
-#: the hooks a watcher calls (the public methods of :class:`Detector`)
-HOOKS: tuple[str, ...] = tuple(name for name, value in vars(Detector).items()
-                               if callable(value) and not name.startswith("_"))
 
 #: per tuple of detector classes: hook -> positions of the classes that define it
 _hook_tables: dict[tuple[type[Detector], ...], dict[str, tuple[int, ...]]] = {}

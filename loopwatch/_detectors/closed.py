@@ -421,17 +421,25 @@ def pass_through(code: CodeType) -> None:
     PASS_THROUGH[id(code)] = code
 
 
+def wrapper_of(func: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    """A loop method's wrapper: ``func`` with ``args`` in front, the last of which is the
+    method it wraps (its ``__wrapped__``). A partial of a module-level function, not a
+    closure: a loop per test gets several, and each test's collection walks two
+    objects for each rather than a function, its cells and their tuple."""
+    wrapper = functools.partial(func, *args)
+    wrapper.__wrapped__ = args[-1]  # type: ignore[attr-defined]
+    return wrapper
+
+
 def _passes_through(loop: Any, name: str, value: Any) -> bool:
     """Whether ``loop.<name>`` (an instance attribute) is loopwatch's wrappers around the
     class's own method, and nothing else."""
     method = getattr(base_class(loop), name, None)
     for _ in range(8):
-        kind = type(value)
-        if kind is MethodType:  # (no getattr that misses: it costs an exception)
+        if type(value) is MethodType:  # (no getattr that misses: it costs an exception)
             return value.__self__ is loop and value.__func__ is method
-        code = value.func.__code__ if kind is functools.partial and \
-            type(value.func) is FunctionType else value.__code__ if kind is FunctionType else None
-        if code is None or id(code) not in PASS_THROUGH:
+        func = value.func if type(value) is functools.partial else value  # (wrapper_of)
+        if type(func) is not FunctionType or id(func.__code__) not in PASS_THROUGH:
             return False
         value = getattr(value, "__wrapped__", None)
     return False
@@ -493,20 +501,12 @@ class PostCloseDetector(EventDetector):
     def notes(self) -> list[str]:
         return [self._note] if self._note else []
 
-    # The wrappers are partials of module-level functions, not closures: a loop per
-    # test gets them when it closes, and the test's garbage collection walks each
-    # object they are made of (a closure is a function, a tuple and a cell per name).
-
     def _wrapper(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        wrapper = functools.partial(_call_into_closed_loop, self, method, original)
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-        return wrapper
+        return wrapper_of(_call_into_closed_loop, self, method, original)
 
     def _check_wrapper(self, codes: dict[CodeType, str | None], name: str,
                        original: Callable[[], Any]) -> Callable[[], Any]:
-        wrapper = functools.partial(_check_closed, self, codes, original)
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-        return wrapper
+        return wrapper_of(_check_closed, self, codes, original)
 
     def _checked(self, frame: FrameType | None, codes: dict[CodeType, str | None]) -> None:
         """``_check_closed()`` ran in ``frame``: the call-in it belongs to (the outermost
@@ -733,11 +733,7 @@ class DroppedCallbackDetector(EventDetector):
         return list(self._notes)
 
     def _wrapper(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        # (a partial of a module-level function, not a closure: the test's collection
-        # walks two objects rather than ten)
-        wrapper = functools.partial(_schedule_timer, self, method, original)
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-        return wrapper
+        return wrapper_of(_schedule_timer, self, method, original)
 
     def _prune(self) -> None:
         """Forget the timers that ran or were cancelled (loop thread)."""

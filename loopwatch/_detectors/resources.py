@@ -55,6 +55,7 @@ from .closed import (
     is_loopwatch_file,
     pass_through,
     raw_from,
+    wrapper_of,
 )
 
 __all__ = [
@@ -266,12 +267,8 @@ class AsyncgenDetector(EventDetector):
         return [self._note] if self._note else []
 
     def _hook_wrapper(self, name: str, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        # (partials of module-level functions, not closures: the test's collection walks
-        # fewer objects, a loop per test gets two of these)
-        wrapper = functools.partial(
-            _firstiter if name == "_asyncgen_firstiter_hook" else _finalizer, self, original)
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-        return wrapper
+        return wrapper_of(_firstiter if name == "_asyncgen_firstiter_hook" else _finalizer,
+                          self, original)
 
     def _first(self, agen: Any, frame: FrameType) -> None:
         key = id(agen)
