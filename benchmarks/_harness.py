@@ -21,7 +21,9 @@ import importlib.util
 import logging
 import math
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -330,3 +332,17 @@ def quiet_loopwatch() -> Iterator[None]:
 
 def here(*parts: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), *parts)
+
+
+def callgrind_instructions(cmd: list[str], **run: Any) -> int:
+    """Machine instructions of one process running ``cmd`` under valgrind's callgrind
+    (``run``: more arguments for ``subprocess.run``, such as ``cwd`` and ``env``)."""
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                           *cmd], capture_output=True, text=True, **run)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[1:3]} failed under valgrind: "
+                           f"{(proc.stdout + proc.stderr)[-500:]}")
+    found = re.search(r"Collected : (\d+)", proc.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind: {proc.stderr[-500:]}")
+    return int(found.group(1))

@@ -126,21 +126,34 @@ class Run:
         self.cpu = cpu
 
 
-def pytest_run(root: str, loopwatch: bool, probe: str) -> Run:
+def suite_env(root: str, probe: str) -> dict[str, str]:
+    """The environment the suite runs in (its conftest writes ``cpu.txt`` in ``root``)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "LOOPWATCH_TEST_LOOP")}
     env["LW_BENCH_PROBE"] = probe
-    cpu_file = env["LW_BENCH_CPU"] = os.path.join(root, "cpu.txt")
+    env["LW_BENCH_CPU"] = os.path.join(root, "cpu.txt")
     # Only the plugins the suite needs: whatever else the environment holds would be
     # timed too (hypothesis's plugin alone spends 0.5 s in its terminal summary, more
     # than the 500 tests take, which diluted the ratio). loopwatch's plugin is loaded in
     # both variants, as it is wherever loopwatch is installed; --loopwatch switches it on.
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    return env
+
+
+def suite_command(root: str, loopwatch: bool) -> list[str]:
+    """``python -m pytest`` on the suite in ``root``, with or without ``--loopwatch``."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            "-p", "pytest_asyncio.plugin", "-p", "loopwatch.pytest_plugin", "-c",
            os.path.join(root, "pytest.ini"), "--rootdir", root, root]
     if loopwatch:
         cmd.append("--loopwatch")
+    return cmd
+
+
+def pytest_run(root: str, loopwatch: bool, probe: str) -> Run:
+    env = suite_env(root, probe)
+    cpu_file = env["LW_BENCH_CPU"]
+    cmd = suite_command(root, loopwatch)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600,
                           stdin=subprocess.DEVNULL)

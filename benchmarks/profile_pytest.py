@@ -19,34 +19,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
-from bench_pytest import make_suite
+from _harness import callgrind_instructions
+from bench_pytest import make_suite, suite_command, suite_env
 
 
 def instructions(root: str, loopwatch: bool, extra: list[str]) -> int:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "LOOPWATCH_TEST_LOOP")}
-    env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONHASHSEED="0",
-               LW_BENCH_PROBE=os.path.join(root, "probe.txt"),
-               LW_BENCH_CPU=os.path.join(root, "cpu.txt"))
-    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-           "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_asyncio.plugin",
-           "-p", "loopwatch.pytest_plugin", "-c", os.path.join(root, "pytest.ini"),
-           "--rootdir", root, root]
-    if loopwatch:
-        cmd += ["--loopwatch", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the suite failed under valgrind: {proc.stdout[-500:]}")
-    found = re.search(r"Collected : (\d+)", proc.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count from valgrind: {proc.stderr[-500:]}")
-    return int(found.group(1))
+    env = suite_env(root, os.path.join(root, "probe.txt"))
+    env["PYTHONHASHSEED"] = "0"
+    cmd = suite_command(root, loopwatch) + (extra if loopwatch else [])
+    return callgrind_instructions(cmd, cwd=root, env=env)
 
 
 def main() -> int:

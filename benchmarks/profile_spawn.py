@@ -26,14 +26,21 @@ import asyncio
 import cProfile
 import io
 import pstats
-import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from _harness import alternate, bare_loop, column, median, quiet_loopwatch, ratios, watched_loop
+from _harness import (
+    alternate,
+    bare_loop,
+    callgrind_instructions,
+    column,
+    median,
+    quiet_loopwatch,
+    ratios,
+    watched_loop,
+)
 from bench_spawn import spawn, timed
 
 
@@ -86,13 +93,8 @@ def profile(base: str, batches: int) -> str:
 
 def instructions(loop: str, variant: int, tasks: int) -> int:
     """Machine instructions of one process that spawns ``tasks`` tasks on a variant."""
-    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-           __file__, "--loop", loop, "--one", str(variant), "--tasks", str(tasks)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : (\d+)", proc.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count from valgrind: {proc.stderr[-500:]}")
-    return int(found.group(1))
+    return callgrind_instructions([sys.executable, __file__, "--loop", loop, "--one",
+                                   str(variant), "--tasks", str(tasks)])
 
 
 def callgrind(args: argparse.Namespace) -> int:
