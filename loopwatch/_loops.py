@@ -482,6 +482,50 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     previous_factory = loop.get_task_factory()
     factory = make_task_factory(w, chained=previous_factory)
     loop.set_task_factory(factory)
+    wrappers = () if _share_class(loop, w) else _wrap_loop(loop, w)
+    w._detach = functools.partial(_detach, target, factory, previous_factory, w, wrappers)
+    # (no exception raised and caught, no walk of asyncio's task registry when no task
+    # exists at all: a loop per test is attached this way)
+    running = asyncio._get_running_loop() is loop
+    if _tasks_may_exist():
+        for task in asyncio.all_tasks(loop):
+            record_existing(task)
+    w.install_detectors()
+    if running:
+        w._loop_started()
+    if options.console and options.console != "off":
+        _start_console(w, options.console)
+    return w
+
+
+def _share_class(loop: Any, w: Watcher) -> bool:
+    """Switch the loop to its class's shared subclass (see ``_detectors/shared.py``),
+    whose ``close`` and ``call_exception_handler`` tell ``w``; False when it has none."""
+    from loopwatch._detectors.shared import shared_class  # (absolute: half the cost)
+
+    shared: Any = shared_class(type(loop))
+    if shared is None:
+        return False
+    try:
+        own = loop.__dict__
+    except AttributeError:
+        return False
+    for name in shared._lw_hooked:  # (not isdisjoint(own): that walks the whole dict)
+        if name in own:
+            return False
+    own["_lw_watcher"] = w
+    try:
+        loop.__class__ = shared
+    except TypeError:
+        del own["_lw_watcher"]
+        return False
+    return True
+
+
+def _wrap_loop(loop: Any, w: Watcher) -> tuple[Any, ...]:
+    """Tell ``w`` about the loop's close and exceptions through wrappers that are the
+    loop's own attributes; returns them."""
+    target: Any = loop
     original_close = loop.close
     original_ceh = loop.call_exception_handler
 
@@ -509,32 +553,24 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     except AttributeError:
         w.notes.append(f"{type(loop).__name__} takes no attributes: shutdown checks are "
                        "not observable on it")
-    w._detach = functools.partial(_detach, target, factory, previous_factory, close,
-                                  call_exception_handler, w)
-    # (no exception raised and caught, no walk of asyncio's task registry when no task
-    # exists at all: a loop per test is attached this way)
-    running = asyncio._get_running_loop() is loop
-    if _tasks_may_exist():
-        for task in asyncio.all_tasks(loop):
-            record_existing(task)
-    w.install_detectors()
-    if running:
-        w._loop_started()
-    if options.console and options.console != "off":
-        _start_console(w, options.console)
-    return w
+    return close, call_exception_handler
 
 
-def _detach(loop: Any, factory: Any, previous_factory: Any, close: Any, handler: Any,
-            w: Watcher) -> None:
+def _detach(loop: Any, factory: Any, previous_factory: Any, w: Watcher,
+            wrappers: tuple[Any, ...]) -> None:
     """Take off what ``_attach`` put on a loop (``Watcher.release``: the loop is closed).
     Loop and watcher then no longer hold each other, so the loop is freed with its last
     reference, not by a garbage collection."""
     own = getattr(loop, "__dict__", {})
-    for name, value in (("close", close), ("call_exception_handler", handler),
-                        ("_lw_watcher", w)):
-        if own.get(name) is value:
-            delattr(loop, name)
+    base = type(loop).__dict__.get("_lw_base")
+    if base is not None and own.get("_lw_watcher") is w:
+        loop.__class__ = base
+        del own["_lw_watcher"]
+    else:
+        for name, value in (*zip(("close", "call_exception_handler"), wrappers, strict=False),
+                            ("_lw_watcher", w)):
+            if own.get(name) is value:
+                delattr(loop, name)
     if loop.get_task_factory() is factory:
         loop.set_task_factory(previous_factory)
 

@@ -126,6 +126,13 @@ class Watcher:
     gives one to a running loop.
     """
 
+    #: the detectors that the methods of a loop's shared class call, when it has one
+    #: (see ``_detectors/shared.py``; each registers itself when it is installed)
+    hook_timers: Any = None
+    hook_asyncgens: Any = None
+    hook_openers: Any = None
+    hook_post_close: Any = None
+
     def __init__(self, loop: asyncio.AbstractEventLoop, options: Options, *,
                  attached: bool = False, base: str = "") -> None:
         self.loop = loop

@@ -254,12 +254,53 @@ def test_no_wrappers_while_the_loop_is_open_and_none_after_watcher_close() -> No
     assert of_kind(w, "post_close_call") == []
 
 
-def test_an_attached_asyncio_loop_gets_two_wrappers_when_it_closes() -> None:
-    # asyncio's call-ins all start with _check_closed: wrapping it (and create_future)
-    # sees them all, unless something else wraps a call-in. The dropped_callback timer
-    # wrapper on call_at is loopwatch's own pass-through: it must not force all twelve.
+def test_an_attached_asyncio_loop_is_switched_to_a_shared_class() -> None:
+    # What pytest's loop of each test gets: no wrapper on the loop, two class switches.
     loop = asyncio.new_event_loop()
+    plain = type(loop)
     w = loopwatch.attach(loop, log=False)
+    opened = type(loop)
+    assert opened is not plain and opened.__mro__[1] is plain
+    assert opened.__name__ == plain.__name__ and opened.__module__ == plain.__module__
+    fresh = asyncio.new_event_loop()
+    fresh.close()
+    # (executor_thread's wrapper is the one left on the loop itself)
+    assert set(vars(loop)) - set(vars(fresh)) <= {"_lw_watcher", "run_in_executor"}
+    loop.close()
+    closed = type(loop)
+    assert closed.__mro__[1] is opened
+    # asyncio's call-ins all start with _check_closed: two methods see them all
+    assert {"_check_closed", "create_future"} == set(closed.__dict__) & {
+        *CALL_INS, "_check_closed"}
+    with pytest.raises(RuntimeError):
+        loop.call_later(1, nothing)
+    (finding,) = of_kind(w, "post_close_call")
+    assert finding.details["count"] == 1  # call_later calls call_at: still one call
+    w.release()
+    assert type(loop) is plain and "_lw_watcher" not in vars(loop)
+    with pytest.raises(RuntimeError):
+        loop.call_later(1, nothing)
+    assert len(of_kind(w, "post_close_call")) == 1
+    # a second loop of the class gets the same classes
+    other = asyncio.new_event_loop()
+    w = loopwatch.attach(other, log=False)
+    assert type(other) is opened
+    other.close()
+    assert type(other) is closed
+    w.release()
+
+
+def test_a_loop_whose_methods_are_hidden_gets_wrappers_of_its_own() -> None:
+    # Something put the loop's close on the loop itself (another tool's wrapper): the
+    # shared class would be hidden, so the wrappers go on the loop, and at close two of
+    # them see every call-in. The dropped_callback timer wrapper on call_at is
+    # loopwatch's own pass-through: it must not force all twelve.
+    loop = asyncio.new_event_loop()
+    plain = type(loop)
+    target: Any = loop
+    target.close = loop.close
+    w = loopwatch.attach(loop, log=False)
+    assert type(loop) is plain
     assert "call_at" in vars(loop)  # the timer wrapper
     loop.close()
     own = vars(loop)
@@ -270,6 +311,7 @@ def test_an_attached_asyncio_loop_gets_two_wrappers_when_it_closes() -> None:
     (finding,) = of_kind(w, "post_close_call")
     assert finding.details["count"] == 1  # call_later calls call_at: still one call
     w.release()
+    assert set(vars(loop)) & {*CALL_INS, "_check_closed", "_lw_watcher"} == set()
 
 
 def test_a_failing_detector_is_reported_once_and_only_it_is_switched_off(

@@ -506,10 +506,12 @@ def test_a_released_watcher_lets_go_of_its_closed_loop() -> None:
         loop.close()
 
         loop = make()
+        plain = type(loop)
         w = loopwatch.attach(loop, log=False)
         loop.run_until_complete(leave_timer())
         loop.close()
         w.release()
+        assert type(loop) is plain
         assert {"close", "call_exception_handler", "_lw_watcher"}.isdisjoint(vars(loop))
         assert loop.get_task_factory() is None
         report = w.report()

@@ -29,7 +29,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import CodeType, FrameType, FunctionType, MethodType
 from typing import Any
 
@@ -84,9 +84,27 @@ def own_class(loop: Any) -> type | None:
 
 
 def base_class(loop: Any) -> type:
-    """The loop's class, past a watched loop's class of its own."""
+    """The loop's class, past a watched loop's class of its own or an attached loop's
+    shared class (see ``shared.py``)."""
     cls = type(loop)
+    base: type | None = cls.__dict__.get("_lw_base")
+    if base is not None:
+        return base
     return cls.__mro__[1] if cls.__dict__.get("_lw_own_class") else cls
+
+
+def hooks(loop: Any, names: Iterable[str]) -> bool:
+    """Whether the loop's class is a shared class (see ``shared.py``) whose methods
+    call the detectors for every one of ``names``, and the loop's own attributes hide
+    none of them."""
+    hooked: frozenset[str] | None = type(loop).__dict__.get("_lw_hooked")
+    if hooked is None:
+        return False
+    own = loop.__dict__
+    for name in names:  # (no all() over a generator: a loop per test asks three times)
+        if name not in hooked or name in own:
+            return False
+    return True
 
 
 def own_attrs(loop: Any) -> dict[str, Any]:
@@ -465,15 +483,19 @@ class PostCloseDetector(EventDetector):
 
     def after_close(self) -> None:
         loop = self.watcher.loop
-        patches = LoopPatches(loop)
-        self._patches = patches
         codes = _check_closed_codes(base_class(loop))
         try:
             own = own_attrs(loop)
         except TypeError:
             own = None
-        if codes is not None and own is not None and "_check_closed" not in own and all(
-                _passes_through(loop, name, own[name]) for name in CALL_INS if name in own):
+        checked = codes is not None and own is not None and "_check_closed" not in own and \
+            all(_passes_through(loop, name, own[name]) for name in CALL_INS if name in own)
+        if (checked or codes is None) and self._switch_class(loop):
+            return
+        patches = LoopPatches(loop)
+        self._patches = patches
+        if checked:
+            assert codes is not None
             # asyncio's own loop: every call-in but create_future starts with
             # self._check_closed(), so two wrappers see them all (not twelve: a loop is
             # closed at the end of every test).
@@ -493,7 +515,30 @@ class PostCloseDetector(EventDetector):
                           f"{type(self.watcher.loop).__name__} cannot be observed (the loop "
                           "takes no attributes)")
 
+    def _switch_class(self, loop: Any) -> bool:
+        """Switch a loop of a shared open class to the closed class that follows it,
+        whose methods call this detector (see ``shared.py``); False when it has none."""
+        from .shared import closed_class  # (it imports this module)
+
+        cls = type(loop)
+        if cls.__dict__.get("_lw_base") is not cls.__mro__[1]:
+            return False  # not a shared open class
+        closed = closed_class(cls)
+        if closed is None or not closed.__dict__["_lw_methods"].isdisjoint(loop.__dict__):
+            return False
+        self.watcher.hook_post_close = self
+        try:
+            loop.__class__ = closed
+        except TypeError:
+            self.watcher.hook_post_close = None
+            return False
+        return True
+
     def uninstall(self) -> None:
+        # (a loop switched to the closed class keeps it, its methods then pass through:
+        # releasing the loop gives it back its own class)
+        if self.watcher.hook_post_close is self:
+            self.watcher.hook_post_close = None
         if self._patches is not None:
             self._patches.undo()
             self._patches = None
@@ -594,14 +639,30 @@ class PostCloseDetector(EventDetector):
         finding.message = times(finding.message, details["count"])
 
 
+def note_call_in(det: PostCloseDetector, method: str, frame: FrameType,
+                 args: tuple[Any, ...]) -> None:
+    """``loop.<method>(*args)`` was called on the closed loop from ``frame``."""
+    if det.enabled:
+        try:
+            det.record(method, frame, args)
+        except Exception as exc:
+            det.failed(exc)
+
+
+def note_check(det: PostCloseDetector, frame: FrameType | None,
+               codes: dict[CodeType, str | None]) -> None:
+    """``loop._check_closed()`` of the closed asyncio loop was called from ``frame``."""
+    if det.enabled:
+        try:
+            det._checked(frame, codes)
+        except Exception as exc:
+            det.failed(exc)
+
+
 def _call_into_closed_loop(det: PostCloseDetector, method: str, original: Callable[..., Any],
                            *args: Any, **kwargs: Any) -> Any:
     """``loop.<method>`` of a closed loop: the call is recorded, then made."""
-    if det.enabled:
-        try:
-            det.record(method, sys._getframe(1), args)
-        except Exception as exc:
-            det.failed(exc)
+    note_call_in(det, method, sys._getframe(1), args)
     return original(*args, **kwargs)
 
 
@@ -609,11 +670,7 @@ def _check_closed(det: PostCloseDetector, codes: dict[CodeType, str | None],
                   original: Callable[[], Any]) -> Any:
     """``loop._check_closed()`` of a closed asyncio loop: the call-in that asked is
     recorded, then the check is made (it raises)."""
-    if det.enabled:
-        try:
-            det._checked(sys._getframe(1), codes)
-        except Exception as exc:
-            det.failed(exc)
+    note_check(det, sys._getframe(1), codes)
     return original()
 
 
@@ -640,6 +697,13 @@ def _schedule_timer(det: DroppedCallbackDetector, method: str, original: Callabl
         frame = sys._getframe(1)
     except ValueError:  # called from C with no Python frame above
         return handle
+    note_timer(det, method, handle, frame)
+    return handle
+
+
+def note_timer(det: DroppedCallbackDetector, method: str, handle: Any, frame: FrameType) -> None:
+    """``handle`` was made by ``loop.<method>`` (``call_at`` or ``call_later``), called
+    from ``frame``: where, if that is the program's own code."""
     code = frame.f_code
     how = method
     if code is _CALL_LATER and frame.f_back is not None:
@@ -647,25 +711,25 @@ def _schedule_timer(det: DroppedCallbackDetector, method: str, original: Callabl
         code = frame.f_code
         how = "call_later"
     user = _user_codes.get(id(code))
-    if user is not False:  # user code, or not known yet
-        try:
-            if user is None and not is_user_code(code):
-                return handle
-            if not det.enabled:
-                return handle
-            if det._asyncio_like:
-                sites = det._sites
-                sites[id(handle)] = ((code, frame.f_lasti, how), handle.when())
-                if len(sites) >= det._prune_at:
-                    det._prune()
-            elif hasattr(handle, "when"):  # uvloop: call_later(0) is a call_soon
-                handles = det._handles
-                handles.append((handle, (code, frame.f_lasti, how)))
-                if len(handles) >= det._prune_at:
-                    det._prune()
-        except Exception as exc:
-            det.failed(exc)
-    return handle
+    if user is False:  # (asyncio's, anyio's or loopwatch's own timers: most of them)
+        return
+    try:
+        if user is None and not is_user_code(code):
+            return
+        if not det.enabled:
+            return
+        if det._asyncio_like:
+            sites = det._sites
+            sites[id(handle)] = ((code, frame.f_lasti, how), handle.when())
+            if len(sites) >= det._prune_at:
+                det._prune()
+        elif hasattr(handle, "when"):  # uvloop: call_later(0) is a call_soon
+            handles = det._handles
+            handles.append((handle, (code, frame.f_lasti, how)))
+            if len(handles) >= det._prune_at:
+                det._prune()
+    except Exception as exc:
+        det.failed(exc)
 
 
 pass_through(_schedule_timer.__code__)
@@ -701,13 +765,16 @@ class DroppedCallbackDetector(EventDetector):
         loop = self.watcher.loop
         self._asyncio_like = isinstance(getattr(loop, "_scheduled", None), list) and \
             getattr(loop, "_ready", None) is not None  # what _asyncio_queues reads
-        patches = LoopPatches(loop)
         # asyncio's call_later calls self.call_at: wrapping call_at alone sees both (one
         # wrapper less on the path of every asyncio.sleep and timeout).
         names = ("call_at",) if self._asyncio_like and getattr(type(loop), "call_later", None) \
             is asyncio.BaseEventLoop.call_later else ("call_later", "call_at")
-        ok = not patches.wrap_each(names, self._wrapper)
-        self._patches = patches
+        if hooks(loop, names):  # the loop's class calls this detector
+            self.watcher.hook_timers = self
+            ok = True
+        else:
+            self._patches = LoopPatches(loop)
+            ok = not self._patches.wrap_each(names, self._wrapper)
         if not ok:
             self._notes.append(
                 f"dropped_callback: {type(loop).__name__} takes no attributes, so timers are "
@@ -723,6 +790,8 @@ class DroppedCallbackDetector(EventDetector):
                                    "attached are not observable on this loop")
 
     def uninstall(self) -> None:
+        if self.watcher.hook_timers is self:
+            self.watcher.hook_timers = None
         if self._patches is not None:
             self._patches.undo()
             self._patches = None

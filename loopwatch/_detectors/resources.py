@@ -50,8 +50,10 @@ from .._report import Finding
 from .closed import (
     EventDetector,
     LoopPatches,
+    base_class,
     callable_name,
     callable_site,
+    hooks,
     is_loopwatch_file,
     pass_through,
     raw_from,
@@ -201,23 +203,33 @@ def _unfinished(agen: Any) -> bool:
 _ASYNCGEN_HOOKS = ("_asyncgen_firstiter_hook", "_asyncgen_finalizer_hook")
 
 
-def _firstiter(det: AsyncgenDetector, original: Callable[[Any], Any], agen: Any) -> Any:
-    """A watched loop's async generator first-iteration hook."""
+def note_first(det: AsyncgenDetector, agen: Any, frame: FrameType) -> None:
+    """``agen`` is iterated for the first time, by ``frame``."""
     if det.enabled:
         try:
-            det._first(agen, sys._getframe(1))
+            det._first(agen, frame)
         except Exception as exc:
             det.failed(exc)
-    return original(agen)
 
 
-def _finalizer(det: AsyncgenDetector, original: Callable[[Any], Any], agen: Any) -> Any:
-    """A watched loop's async generator finalizer hook."""
+def note_finalizing(det: AsyncgenDetector, agen: Any) -> None:
+    """``agen`` was handed to the loop's finalizer hook."""
     if det.enabled:
         try:
             det._finalizing(agen)
         except Exception as exc:
             det.failed(exc)
+
+
+def _firstiter(det: AsyncgenDetector, original: Callable[[Any], Any], agen: Any) -> Any:
+    """A watched loop's async generator first-iteration hook."""
+    note_first(det, agen, sys._getframe(1))
+    return original(agen)
+
+
+def _finalizer(det: AsyncgenDetector, original: Callable[[Any], Any], agen: Any) -> Any:
+    """A watched loop's async generator finalizer hook."""
+    note_finalizing(det, agen)
     return original(agen)
 
 
@@ -240,24 +252,31 @@ class AsyncgenDetector(EventDetector):
 
     def install(self) -> None:
         loop = self.watcher.loop
-        patches = LoopPatches(loop)
-        # (both in one pass: a loop per test pays for each)
-        ok = all(getattr(loop, name, None) is not None for name in _ASYNCGEN_HOOKS) and \
-            not patches.wrap_each(_ASYNCGEN_HOOKS, self._hook_wrapper)
-        self._patches = patches
-        if not ok:
-            self._note = (f"asyncgen_unfinalized: {type(loop).__name__} has no async generator "
-                          "hooks that loopwatch can wrap, so generators are not followed")
-            return
-        # Attached to a loop that is running now: its hooks are already installed.
         target: Any = loop
+        if hooks(loop, _ASYNCGEN_HOOKS):  # the loop's class calls this detector
+            self.watcher.hook_asyncgens = self
+            base = base_class(loop)
+            original: Any = getattr(base, _ASYNCGEN_HOOKS[0]).__get__(loop, base)
+        else:
+            patches = LoopPatches(loop)
+            self._patches = patches
+            # (both in one pass: a loop per test pays for each)
+            if not all(getattr(loop, name, None) is not None for name in _ASYNCGEN_HOOKS) or \
+                    patches.wrap_each(_ASYNCGEN_HOOKS, self._hook_wrapper):
+                self._note = (f"asyncgen_unfinalized: {type(loop).__name__} has no async "
+                              "generator hooks that loopwatch can wrap, so generators are not "
+                              "followed")
+                return
+            original = target._asyncgen_firstiter_hook.__wrapped__
+        # Attached to a loop that is running now: its hooks are already installed.
         firstiter, _ = sys.get_asyncgen_hooks()
-        original = target._asyncgen_firstiter_hook.__wrapped__
         if firstiter is not None and firstiter == original:
             sys.set_asyncgen_hooks(firstiter=target._asyncgen_firstiter_hook,
                                    finalizer=target._asyncgen_finalizer_hook)
 
     def uninstall(self) -> None:
+        if self.watcher.hook_asyncgens is self:
+            self.watcher.hook_asyncgens = None
         if self._patches is not None:
             self._patches.undo()
             self._patches = None
@@ -350,6 +369,17 @@ UNCLOSED_HINT = (
 
 #: loop methods that open something, wrapped to learn the line that opened it
 _OPENERS = ("create_connection", "create_server", "create_unix_connection", "create_unix_server")
+
+#: loop class -> the openers it has
+_OPENERS_OF: dict[type, tuple[str, ...]] = {}
+
+
+def _openers_of(loop: Any) -> tuple[str, ...]:
+    names = tuple(name for name in _OPENERS if hasattr(type(loop), name))
+    if len(_OPENERS_OF) < 64:
+        _OPENERS_OF[type(loop)] = names
+    return names
+
 
 _FILTER_MARK = "(?#loopwatch)"
 _HEX = re.compile(r"0x[0-9a-fA-F]+")
@@ -534,10 +564,17 @@ def _tracemalloc_stack(obj: Any) -> list[Frame]:
 def _open_and_note(det: UnclosedResourceDetector, method: str, original: Callable[..., Any],
                    *args: Any, **kwargs: Any) -> Any:
     """``loop.<method>`` while ``det`` watches: the opening line is noted."""
+    return open_and_note(det, method, original, sys._getframe(1), args, kwargs)
+
+
+def open_and_note(det: UnclosedResourceDetector, method: str, original: Callable[..., Any],
+                  frame: FrameType, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``original(*args, **kwargs)``, the loop's ``<method>`` called from ``frame``: the
+    coroutine that opens and notes the opening line."""
     if not det.enabled:
         return original(*args, **kwargs)
     try:
-        raw = raw_from(sys._getframe(1), max(det.watcher.options.stack_depth, 1))
+        raw = raw_from(frame, max(det.watcher.options.stack_depth, 1))
         coro: Any = det._opening(method, original, args, kwargs, raw)
         # A coroutine dropped without await must still be named after the method.
         coro.__name__ = getattr(original, "__name__", method)
@@ -572,9 +609,11 @@ class UnclosedResourceDetector(EventDetector):
 
     def install(self) -> None:
         loop = self.watcher.loop
-        patches = LoopPatches(loop)
-        patches.wrap_each(_OPENERS, self._opener)
-        self._patches = patches
+        if hooks(loop, _OPENERS_OF.get(type(loop)) or _openers_of(loop)):
+            self.watcher.hook_openers = self  # the loop's class calls this detector
+        else:
+            self._patches = LoopPatches(loop)
+            self._patches.wrap_each(_OPENERS, self._opener)
         mode = self.watcher.options.resource_warnings
         if mode is not False:
             self._force = bool(mode)
@@ -589,6 +628,8 @@ class UnclosedResourceDetector(EventDetector):
                    "`loopwatch run`)"))
 
     def uninstall(self) -> None:
+        if self.watcher.hook_openers is self:
+            self.watcher.hook_openers = None
         if self._patches is not None:
             self._patches.undo()
             self._patches = None
