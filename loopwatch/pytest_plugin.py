@@ -946,25 +946,20 @@ def _is_runner(fixturedef: Any, value: Any) -> bool:
         callable(getattr(value, "get_loop", None))
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    # (not a wrapper: nothing to do after the call, and a wrapper costs every test more)
     state = _session(item.config)
     ic = state.current if state is not None else None
-    if state is not None and ic is not None and ic.item is item and \
-            state.dump_after is not None:
+    if state is None or ic is None or ic.item is not item:
+        return
+    if state.dump_after is not None:
         ic.arm_dump(state.dump_after)  # cancelled at the end of the teardown
-    return (yield)
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]:
-    state = _session(pyfuncitem.config)
-    ic = state.current if state is not None else None
-    if state is not None and ic is not None and ic.item is pyfuncitem:
-        backend = pyfuncitem.funcargs.get("anyio_backend")
-        if backend and inspect.iscoroutinefunction(pyfuncitem.obj):
-            state.anyio_lease(ic, backend)
-    return (yield)
+    # An anyio test runs in anyio's shared runner: hold it open for this test before
+    # anyio's pytest_pyfunc_call runs the test in it.
+    backend = getattr(item, "funcargs", {}).get("anyio_backend")
+    if backend and inspect.iscoroutinefunction(getattr(item, "obj", None)):
+        state.anyio_lease(ic, backend)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
