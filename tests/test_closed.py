@@ -290,6 +290,32 @@ def test_an_attached_asyncio_loop_is_switched_to_a_shared_class() -> None:
     w.release()
 
 
+def test_a_call_in_wrapped_by_something_else_keeps_the_caller_at_close() -> None:
+    # Another tool wrapped call_soon on the loop after loopwatch attached: the walk up
+    # from _check_closed would stop at that wrapper, so the closed loop gets a wrapper
+    # on every call-in instead of the closed class, and the program's line is reported.
+    loop = asyncio.new_event_loop()
+    w = loopwatch.attach(loop, log=False)
+    opened = type(loop)
+    original = loop.call_soon
+
+    def theirs(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **kwargs)
+
+    target: Any = loop
+    target.call_soon = theirs
+    loop.close()
+    assert type(loop) is opened
+    assert vars(loop)["call_soon"] is not theirs  # wrapped in turn
+    with pytest.raises(RuntimeError):
+        loop.call_soon(nothing)  # L:foreign
+    (finding,) = of_kind(w, "post_close_call")
+    assert_site(finding, "test_a_call_in_wrapped_by_something_else_keeps_the_caller_at_close",
+                "foreign")
+    w.release()
+    assert vars(loop)["call_soon"] is theirs
+
+
 def test_a_loop_whose_methods_are_hidden_gets_wrappers_of_its_own() -> None:
     # Something put the loop's close on the loop itself (another tool's wrapper): the
     # shared class would be hidden, so the wrappers go on the loop, and at close two of

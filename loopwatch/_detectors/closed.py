@@ -483,6 +483,8 @@ class PostCloseDetector(EventDetector):
 
     def after_close(self) -> None:
         loop = self.watcher.loop
+        if self._switch_class(loop):
+            return
         codes = _check_closed_codes(base_class(loop))
         try:
             own = own_attrs(loop)
@@ -490,8 +492,6 @@ class PostCloseDetector(EventDetector):
             own = None
         checked = codes is not None and own is not None and "_check_closed" not in own and \
             all(_passes_through(loop, name, own[name]) for name in CALL_INS if name in own)
-        if (checked or codes is None) and self._switch_class(loop):
-            return
         patches = LoopPatches(loop)
         self._patches = patches
         if checked:
@@ -530,6 +530,11 @@ class PostCloseDetector(EventDetector):
         own = loop.__dict__
         for name in closed.__dict__["_lw_methods"]:  # (isdisjoint(own) walks all of own)
             if name in own:
+                return False
+        for name in CALL_INS:
+            # A call-in wrapped by something else: the walk up from _check_closed would
+            # stop at that wrapper and take it for the caller.
+            if name in own and not _passes_through(loop, name, own[name]):
                 return False
         self.watcher.hook_post_close = self
         try:
