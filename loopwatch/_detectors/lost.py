@@ -126,7 +126,10 @@ def _register(det: NeverAwaitedDetector) -> bool:
 def _unregister(det: NeverAwaitedDetector) -> None:
     global _previous
     with _lock:
-        _active[:] = [r for r in _active if r() is not None and r() is not det]
+        if len(_active) == 1 and _active[0]() is det:  # (the last one: a loop per test)
+            _active.clear()
+        else:
+            _active[:] = [r for r in _active if r() is not None and r() is not det]
         if _active:
             return
         if getattr(warnings, _HOOK_NAME, None) is _unawaited_coroutine and _previous is not None:

@@ -482,18 +482,38 @@ def _program_action(msg: Any) -> str:
 
 
 def _listen(det: UnclosedResourceDetector, *, force: bool) -> None:
+    global _previous_show
     with _wlock:
         _listeners.append((weakref.ref(det, _gone), force))
-        if force or _filtered or getattr(warnings, "_showwarnmsg", None) is not _show_warning:
-            _settle()  # (else: the hook is in place, and no filter changes)
+        if force or _filtered:
+            _settle()
+            return
+        current = getattr(warnings, "_showwarnmsg", None)
+        if current is _show_warning:
+            return  # the hook is in place, and no filter changes
+        if len(_listeners) == 1 and current is not None:
+            # the first listener, and no filter of loopwatch's to add or remove: only the
+            # hook goes in (what _settle would do, without its walks; a loop per test joins)
+            _previous_show = current
+            warnings._showwarnmsg = _show_warning  # type: ignore[attr-defined]
+            return
+        _settle()
 
 
 def _unlisten(det: UnclosedResourceDetector) -> None:
+    global _previous_show
     with _wlock:
         for i, (ref, _) in enumerate(_listeners):
             if ref() is det:
                 del _listeners[i]
                 break
+        if not _listeners and not _filtered and _previous_show is not None and \
+                getattr(warnings, "_showwarnmsg", None) is _show_warning:
+            # the last listener left, and loopwatch never added a filter: only the hook
+            # goes (what _settle would do, without its walks; a loop per test leaves)
+            warnings._showwarnmsg = _previous_show  # type: ignore[attr-defined]
+            _previous_show = None
+            return
         _settle()
 
 
