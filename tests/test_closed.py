@@ -290,6 +290,32 @@ def test_an_attached_asyncio_loop_is_switched_to_a_shared_class() -> None:
     w.release()
 
 
+def test_the_shared_class_calls_what_the_loops_class_has_now(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shared class is made once; a method patched on the loop's class afterwards
+    # (a test's mock, a library's fix) is still the one a watched loop calls.
+    loopwatch.attach(asyncio.new_event_loop(), log=False).loop.close()
+    loop = asyncio.new_event_loop()
+    seen: list[str] = []
+    plain = type(loop)
+    monkeypatch.setattr(plain, "call_exception_handler",
+                        lambda self, context: seen.append(context["message"]))
+    call_at = plain.call_at
+
+    def patched_call_at(self: Any, when: float, cb: Any, *args: Any, context: Any = None) -> Any:
+        seen.append("call_at")
+        return call_at(self, when, cb, *args, context=context)
+
+    monkeypatch.setattr(plain, "call_at", patched_call_at)
+    w = loopwatch.attach(loop, log=False)
+    assert type(loop).__mro__[1] is plain
+    loop.call_exception_handler({"message": "patched"})
+    loop.call_later(10, nothing)
+    assert seen == ["patched", "call_at"]
+    loop.close()
+    w.release()
+
+
 def test_a_call_in_wrapped_by_something_else_keeps_the_caller_at_close() -> None:
     # Another tool wrapped call_soon on the loop after loopwatch attached: the walk up
     # from _check_closed would stop at that wrapper, so the closed loop gets a wrapper

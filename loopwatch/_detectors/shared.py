@@ -110,22 +110,21 @@ def _subclass(base: type, parent: type, methods: dict[str, Any]) -> type:
 
 def _make_open(base: type) -> type:
     methods: dict[str, Any] = {
-        "close": _close(base.close, base.is_closed, base.is_running),  # type: ignore[attr-defined]
-        "call_exception_handler": _exception_handler(base.call_exception_handler),  # type: ignore[attr-defined]
+        "close": _close(base),
+        "call_exception_handler": _exception_handler(base),
     }
     # asyncio's call_later calls self.call_at: call_at alone sees both
     timers = ("call_at",) if getattr(base, "call_later", None) is \
         asyncio.BaseEventLoop.call_later else ("call_later", "call_at")
     for name in timers:
         if callable(getattr(base, name, None)):
-            methods[name] = _timer(name, getattr(base, name))
+            methods[name] = _timer(base, name)
     if all(callable(getattr(base, name, None)) for name in _ASYNCGEN_HOOKS):
-        first, final = (getattr(base, name) for name in _ASYNCGEN_HOOKS)
-        methods[_ASYNCGEN_HOOKS[0]] = _firstiter_hook(first)
-        methods[_ASYNCGEN_HOOKS[1]] = _finalizer_hook(final)
+        methods[_ASYNCGEN_HOOKS[0]] = _firstiter_hook(base)
+        methods[_ASYNCGEN_HOOKS[1]] = _finalizer_hook(base)
     for name in _OPENERS:
         if callable(getattr(base, name, None)):
-            methods[name] = _opener(name, getattr(base, name))
+            methods[name] = _opener(base, name)
     return _subclass(base, base, methods)
 
 
@@ -136,36 +135,37 @@ def _make_closed(cls: type) -> type:
     if codes is not None:
         # asyncio's own loop: every call-in but create_future starts with
         # self._check_closed(), so two methods see them all
-        methods["_check_closed"] = _check(cls._check_closed, codes)  # type: ignore[attr-defined]
-        methods["create_future"] = _call_in("create_future", cls.create_future)  # type: ignore[attr-defined]
+        methods["_check_closed"] = _check(cls, codes)
+        methods["create_future"] = _call_in(cls, "create_future")
     else:
         for name in CALL_INS:
             if callable(getattr(cls, name, None)):
-                methods[name] = _call_in(name, getattr(cls, name))
+                methods[name] = _call_in(cls, name)
     return _subclass(base, cls, methods)
 
 
-# The methods. Each is made for one class, around that class's own method (``inner``),
-# and reads the watcher from the loop: a loop that has none passes straight through.
+# The methods. Each is made for one class, and calls the method of the same name of
+# that class's parent (looked up at each call, so that a method patched on the loop's
+# class later is still the one called); it reads the watcher from the loop: a loop that
+# has none passes straight through.
 
 
-def _close(inner: Callable[[Any], None], is_closed: Callable[[Any], bool],
-           is_running: Callable[[Any], bool]) -> Callable[[Any], None]:
+def _close(parent: type) -> Callable[[Any], None]:
     def close(self: Any) -> None:
         w = self._lw_watcher
-        if w is not None and not w.closed and not is_closed(self) and not is_running(self):
+        if w is not None and not w.closed and not self.is_closed() and not self.is_running():
             w._before_close()
             try:
-                inner(self)
+                parent.close(self)  # type: ignore[attr-defined]
             finally:
                 w._after_close()
         else:
-            inner(self)
+            parent.close(self)  # type: ignore[attr-defined]
 
     return close
 
 
-def _exception_handler(inner: Callable[[Any, dict[str, Any]], None]) -> Callable[..., None]:
+def _exception_handler(parent: type) -> Callable[..., None]:
     def call_exception_handler(self: Any, context: dict[str, Any]) -> None:
         w = self._lw_watcher
         if w is not None:
@@ -173,14 +173,14 @@ def _exception_handler(inner: Callable[[Any, dict[str, Any]], None]) -> Callable
                 w._exception_context(context)
             except Exception:  # the watcher guards its detectors; this is the last layer
                 pass
-        inner(self, context)
+        parent.call_exception_handler(self, context)  # type: ignore[attr-defined]
 
     return call_exception_handler
 
 
-def _timer(method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+def _timer(parent: type, method: str) -> Callable[..., Any]:
     def timer(self: Any, when: Any, callback: Any, *args: Any, context: Any = None) -> Any:
-        handle = inner(self, when, callback, *args, context=context)
+        handle = getattr(parent, method)(self, when, callback, *args, context=context)
         w = self._lw_watcher
         if w is not None and w.hook_timers is not None:
             try:
@@ -193,28 +193,29 @@ def _timer(method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
     return timer
 
 
-def _firstiter_hook(inner: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+def _firstiter_hook(parent: type) -> Callable[[Any, Any], Any]:
     def firstiter(self: Any, agen: Any) -> Any:
         w = self._lw_watcher
         if w is not None and w.hook_asyncgens is not None:
             note_first(w.hook_asyncgens, agen, sys._getframe(1))
-        return inner(self, agen)
+        return parent._asyncgen_firstiter_hook(self, agen)  # type: ignore[attr-defined]
 
     return firstiter
 
 
-def _finalizer_hook(inner: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+def _finalizer_hook(parent: type) -> Callable[[Any, Any], Any]:
     def finalizer(self: Any, agen: Any) -> Any:
         w = self._lw_watcher
         if w is not None and w.hook_asyncgens is not None:
             note_finalizing(w.hook_asyncgens, agen)
-        return inner(self, agen)
+        return parent._asyncgen_finalizer_hook(self, agen)  # type: ignore[attr-defined]
 
     return finalizer
 
 
-def _opener(method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+def _opener(parent: type, method: str) -> Callable[..., Any]:
     def opener(self: Any, *args: Any, **kwargs: Any) -> Any:
+        inner = getattr(parent, method)
         w = self._lw_watcher
         if w is None or w.hook_openers is None:
             return inner(self, *args, **kwargs)
@@ -224,28 +225,28 @@ def _opener(method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
     return opener
 
 
-def _check(inner: Callable[[Any], Any], codes: dict[CodeType, str | None]) -> Callable[[Any], Any]:
+def _check(parent: type, codes: dict[CodeType, str | None]) -> Callable[[Any], Any]:
     def check_closed(self: Any) -> Any:
         w = self._lw_watcher
         if w is not None and w.hook_post_close is not None:
             note_check(w.hook_post_close, sys._getframe(1), codes)
-        return inner(self)
+        return parent._check_closed(self)  # type: ignore[attr-defined]
 
     return check_closed
 
 
-def _call_in(method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+def _call_in(parent: type, method: str) -> Callable[..., Any]:
     def call_in(self: Any, *args: Any, **kwargs: Any) -> Any:
         w = self._lw_watcher
         if w is not None and w.hook_post_close is not None:
             note_call_in(w.hook_post_close, method, sys._getframe(1), args)
-        return inner(self, *args, **kwargs)
+        return getattr(parent, method)(self, *args, **kwargs)
 
     return call_in
 
 
 # (they always call the method they wrap: post_close_call's walk up from _check_closed
 # goes through them)
-pass_through(_timer("call_at", asyncio.BaseEventLoop.call_at).__code__)
-pass_through(_call_in("call_at", asyncio.BaseEventLoop.call_at).__code__)
-pass_through(_opener("create_connection", asyncio.BaseEventLoop.create_connection).__code__)
+pass_through(_timer(asyncio.BaseEventLoop, "call_at").__code__)
+pass_through(_call_in(asyncio.BaseEventLoop, "call_at").__code__)
+pass_through(_opener(asyncio.BaseEventLoop, "create_connection").__code__)
