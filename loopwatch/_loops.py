@@ -498,21 +498,29 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
     return w
 
 
+_shared_class: Callable[[type], type | None] | None = None
+
+
 def _share_class(loop: Any, w: Watcher) -> bool:
     """Switch the loop to its class's shared subclass (see ``_detectors/shared.py``),
-    whose ``close`` and ``call_exception_handler`` tell ``w``; False when it has none."""
-    from loopwatch._detectors.shared import shared_class  # (absolute: half the cost)
+    whose ``close`` and ``call_exception_handler`` tell ``w``; False when it has none.
+    (Each detector checks its own methods when it is installed: one that the loop's own
+    attributes hide gets wrappers on the loop instead.)"""
+    global _shared_class
+    make: Any = _shared_class
+    if make is None:  # (imported once: a loop per test pays for an import)
+        from ._detectors.shared import shared_class as make
 
-    shared: Any = shared_class(type(loop))
+        _shared_class = make
+    shared: Any = make(type(loop))
     if shared is None:
         return False
     try:
         own = loop.__dict__
     except AttributeError:
         return False
-    for name in shared._lw_hooked:  # (not isdisjoint(own): that walks the whole dict)
-        if name in own:
-            return False
+    if "close" in own or "call_exception_handler" in own:
+        return False
     own["_lw_watcher"] = w
     try:
         loop.__class__ = shared

@@ -290,6 +290,31 @@ def test_an_attached_asyncio_loop_is_switched_to_a_shared_class() -> None:
     w.release()
 
 
+def test_a_timer_method_hidden_before_attach_gets_a_wrapper_of_its_own() -> None:
+    # Something wrapped call_at on the loop before loopwatch attached: the loop still
+    # gets the shared class (close and the exception handler are its own), and
+    # dropped_callback wraps the loop's call_at instead, around theirs.
+    loop = asyncio.new_event_loop()
+    plain = type(loop)
+    original = loop.call_at
+
+    def theirs(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **kwargs)
+
+    target: Any = loop
+    target.call_at = theirs
+    w = loopwatch.attach(loop, log=False)
+    assert type(loop).__mro__[1] is plain
+    assert vars(loop)["call_at"] is not theirs
+    loop.call_later(30, nothing)  # L:hidden-timer
+    loop.close()
+    (finding,) = of_kind(w, "dropped_callback")
+    assert_site(finding, "test_a_timer_method_hidden_before_attach_gets_a_wrapper_of_its_own",
+                "hidden-timer")
+    w.release()
+    assert type(loop) is plain and vars(loop)["call_at"] is theirs
+
+
 def test_the_shared_class_calls_what_the_loops_class_has_now(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The shared class is made once; a method patched on the loop's class afterwards
