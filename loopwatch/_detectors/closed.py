@@ -518,15 +518,9 @@ class PostCloseDetector(EventDetector):
     def _switch_class(self, loop: Any) -> bool:
         """Switch a loop of a shared open class to the closed class that follows it,
         whose methods call this detector (see ``shared.py``); False when it has none."""
-        # (here: it imports this module; absolute: a relative import costs four times more)
-        from loopwatch._detectors.shared import closed_class
-
-        cls = type(loop)
-        if cls.__dict__.get("_lw_base") is not cls.__mro__[1]:
-            return False  # not a shared open class
-        closed = closed_class(cls)
+        closed: type | None = type(loop).__dict__.get("_lw_closed")
         if closed is None:
-            return False
+            return False  # not a shared open class
         own = loop.__dict__
         for name in closed.__dict__["_lw_methods"]:  # (isdisjoint(own) walks all of own)
             if name in own:

@@ -370,17 +370,6 @@ UNCLOSED_HINT = (
 #: loop methods that open something, wrapped to learn the line that opened it
 _OPENERS = ("create_connection", "create_server", "create_unix_connection", "create_unix_server")
 
-#: loop class -> the openers it has
-_OPENERS_OF: dict[type, tuple[str, ...]] = {}
-
-
-def _openers_of(loop: Any) -> tuple[str, ...]:
-    names = tuple(name for name in _OPENERS if hasattr(type(loop), name))
-    if len(_OPENERS_OF) < 64:
-        _OPENERS_OF[type(loop)] = names
-    return names
-
-
 _FILTER_MARK = "(?#loopwatch)"
 _HEX = re.compile(r"0x[0-9a-fA-F]+")
 
@@ -629,7 +618,8 @@ class UnclosedResourceDetector(EventDetector):
 
     def install(self) -> None:
         loop = self.watcher.loop
-        if hooks(loop, _OPENERS_OF.get(type(loop)) or _openers_of(loop)):
+        # (a shared class hooks the openers its loop class has)
+        if hooks(loop, type(loop).__dict__.get("_lw_openers", _OPENERS)):
             self.watcher.hook_openers = self  # the loop's class calls this detector
         else:
             self._patches = LoopPatches(loop)

@@ -39,14 +39,12 @@ from .closed import (
 )
 from .resources import _ASYNCGEN_HOOKS, _OPENERS, note_finalizing, note_first, open_and_note
 
-__all__ = ["closed_class", "shared_class"]
+__all__ = ["shared_class"]
 
 _HEAPTYPE = 1 << 9
 
 #: loop class -> its shared open class (None: the class cannot have one)
 _open: dict[type, type | None] = {}
-#: shared open class -> its closed class
-_closed: dict[type, type | None] = {}
 
 
 def shared_class(cls: type) -> type | None:
@@ -66,24 +64,15 @@ def shared_class(cls: type) -> type | None:
             made = _make_open(cls)
         except Exception:  # (a metaclass or __init_subclass__ that says no)
             made = None
+        if made is not None:
+            # the class post_close_call switches the loop to when it closes
+            try:
+                closed: type | None = _make_closed(made)
+            except Exception:
+                closed = None
+            made._lw_closed = closed  # type: ignore[attr-defined]
     if len(_open) < 64:
         _open[cls] = made
-    return made
-
-
-def closed_class(cls: type) -> type | None:
-    """The closed class that follows the shared open class ``cls``."""
-    try:
-        return _closed[cls]
-    except KeyError:
-        pass
-    made: type | None
-    try:
-        made = _make_closed(cls)
-    except Exception:
-        made = None
-    if len(_closed) < 64:
-        _closed[cls] = made
     return made
 
 
@@ -125,7 +114,9 @@ def _make_open(base: type) -> type:
     for name in _OPENERS:
         if callable(getattr(base, name, None)):
             methods[name] = _opener(base, name)
-    return _subclass(base, base, methods)
+    cls = _subclass(base, base, methods)
+    cls._lw_openers = tuple(name for name in _OPENERS if name in methods)  # type: ignore[attr-defined]
+    return cls
 
 
 def _make_closed(cls: type) -> type:
