@@ -507,12 +507,23 @@ def _share_class(loop: Any, w: Watcher) -> bool:
     (Each detector checks its own methods when it is installed: one that the loop's own
     attributes hide gets wrappers on the loop instead.)"""
     global _shared_class
+    cls = type(loop)
+    if "_lw_closed" in cls.__dict__:
+        # Born of the shared class (the pytest plugin has pytest-asyncio's runner make
+        # its loop so): only the watcher to set. Set as an attribute, not through
+        # ``__dict__``: on 3.11 to 3.13 the loop keeps its attributes in the fast
+        # storage that switching the class gives up.
+        own = getattr(loop, "__dict__", None)
+        if own is None or "close" in own or "call_exception_handler" in own:
+            return False
+        loop._lw_watcher = w
+        return True
     make: Any = _shared_class
     if make is None:  # (imported once: a loop per test pays for an import)
         from ._detectors.shared import shared_class as make
 
         _shared_class = make
-    shared: Any = make(type(loop))
+    shared: Any = make(cls)
     if shared is None:
         return False
     try:

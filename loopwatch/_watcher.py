@@ -199,7 +199,7 @@ class Watcher:
         detectors = list(self.detectors)  # (tick runs in the watchdog thread)
         hooked = self._hooked
         if hooked is None or self._hooked_for != len(detectors):
-            hooked = self._hooked = hook_table(tuple(type(d) for d in detectors))
+            hooked = self._hooked = hook_table(tuple(map(type, detectors)))
             self._hooked_for = len(detectors)
         for i in hooked.get(hook, ()):
             detector = detectors[i]

@@ -838,3 +838,78 @@ def test_a_tests_loop_is_freed_when_the_test_ends(pytester: pytest.Pytester) -> 
     assert r.status == {"test_make_a_loop[0]": {"PASSED"}, "test_make_a_loop[1]": {"PASSED"},
                         "test_make_a_loop[2]": {"PASSED"}, "test_make_a_loop_in_a_cycle":
                         {"PASSED"}, "test_the_loops_are_gone": {"PASSED"}}, r.text
+
+
+@pytest.mark.skipif(BASE_LOOP == "uvloop", reason="asyncio's own event loop policy only")
+def test_a_runners_loop_is_born_of_the_shared_class(pytester: pytest.Pytester) -> None:
+    # pytest-asyncio's runner makes its loop of the class that loopwatch would switch
+    # it to when attached (switching the class of a loop that exists slows every call
+    # on it). The policy is put back after, and a policy that does not make its loops
+    # from a loop class makes them as before, switched when attached.
+    r = run(pytester, {"test_born": """
+        import asyncio
+
+        import pytest
+
+        pytestmark = pytest.mark.asyncio
+        loops = []
+
+
+        class RecordingPolicy(asyncio.DefaultEventLoopPolicy):
+            made = []
+
+            def new_event_loop(self):
+                loop = super().new_event_loop()
+                self.made.append(type(loop))
+                return loop
+
+
+        @pytest.fixture(scope="module")
+        def event_loop_policy():
+            return RecordingPolicy()
+
+
+        async def test_born():
+            loop = asyncio.get_running_loop()
+            loops.append(loop)
+            assert RecordingPolicy.made == [type(loop)]
+            assert "_lw_hooked" in type(loop).__dict__
+            assert loop._lw_watcher is not None
+            assert "_loop_factory" not in vars(asyncio.get_event_loop_policy())
+
+
+        def test_released():
+            (loop,) = loops
+            assert loop.is_closed()
+            assert "_lw_hooked" not in type(loop).__dict__
+            assert "_lw_watcher" not in vars(loop)
+    """, "test_switched": """
+        import asyncio
+
+        import pytest
+
+        pytestmark = pytest.mark.asyncio
+
+
+        class FactoryPolicy(asyncio.DefaultEventLoopPolicy):
+            made = []
+
+            def _loop_factory(self):
+                loop = asyncio.SelectorEventLoop()
+                self.made.append(type(loop))
+                return loop
+
+
+        @pytest.fixture(scope="module")
+        def event_loop_policy():
+            return FactoryPolicy()
+
+
+        async def test_switched():
+            loop = asyncio.get_running_loop()
+            assert "_lw_hooked" not in FactoryPolicy.made[-1].__dict__
+            assert "_lw_hooked" in type(loop).__dict__
+            assert loop._lw_watcher is not None
+    """}, "--loopwatch")
+    assert r.status == {"test_born": {"PASSED"}, "test_released": {"PASSED"},
+                        "test_switched": {"PASSED"}}, r.text
