@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from ._detectors.closed import hides
 from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._options import Options, make_options
 from ._records import (
@@ -510,11 +511,10 @@ def _share_class(loop: Any, w: Watcher) -> bool:
     cls = type(loop)
     if "_lw_closed" in cls.__dict__:
         # Born of the shared class (the pytest plugin has pytest-asyncio's runner make
-        # its loop so): only the watcher to set. Set as an attribute, not through
-        # ``__dict__``: on 3.11 to 3.13 the loop keeps its attributes in the fast
-        # storage that switching the class gives up.
-        own = getattr(loop, "__dict__", None)
-        if own is None or "close" in own or "call_exception_handler" in own:
+        # its loop so): only the watcher to set. Neither that nor the check reads
+        # ``loop.__dict__``: the loop keeps its attributes in the fast storage that
+        # switching the class gives up (see ``hides``).
+        if hides(loop, cls, "close") or hides(loop, cls, "call_exception_handler"):
             return False
         loop._lw_watcher = w
         return True
