@@ -883,7 +883,7 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Gen
         if state is None or state.quiet or state.mode == "off":
             return (yield)
         # Outside a watched test (a session fixture set up early): watch anyway.
-        undo = _runner_loop_born_shared(fixturedef, request)
+        undo = _runner_loop_born_shared(fixturedef)
         try:
             result = yield
         finally:
@@ -912,7 +912,7 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Gen
             backend = None
         if backend is not None:
             state.anyio_lease(ic, backend)
-    undo = _runner_loop_born_shared(fixturedef, request)
+    undo = _runner_loop_born_shared(fixturedef)
     try:
         result = yield
     finally:
@@ -955,9 +955,12 @@ def _is_runner(fixturedef: Any, value: Any) -> bool:
 
 #: ``loopwatch._detectors.shared.shared_class``, once imported
 _shared_class: Any = None
+#: the event loop policy in effect (without 3.14's deprecation warning)
+_current_policy: Any = getattr(asyncio.events, "_get_event_loop_policy", None) or \
+    asyncio.get_event_loop_policy
 
 
-def _runner_loop_born_shared(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+def _runner_loop_born_shared(fixturedef: Any) -> Any:
     """Before pytest-asyncio's runner fixture makes its loop: have the event loop policy
     it uses make the loop of its class's shared subclass (see ``_detectors/shared.py``)
     from the start, rather than switch its class when it is attached. Returns what
@@ -969,14 +972,17 @@ def _runner_loop_born_shared(fixturedef: Any, request: pytest.FixtureRequest) ->
     3 µs more. A loop born of the shared class keeps it, and behaves as its own class
     until it is attached (no watcher: every method passes through).
 
-    Only a policy whose ``_loop_factory`` is a loop class (asyncio's own) is changed,
-    for the time the fixture is set up; a loop factory given to pytest-asyncio, or any
-    other policy, makes its loop as before, which is then switched at attach."""
+    Only the policy in effect now is changed (``event_loop_policy``, pytest-asyncio's
+    fixture, gives that one unless a test suite overrides it: asking the fixture cost
+    as much as the change saves), and only when its ``_loop_factory`` is a loop class
+    (asyncio's own), for the time the fixture is set up. A loop factory given to
+    pytest-asyncio, or another policy, makes its loop as before, which is then
+    switched at attach."""
     global _shared_class
-    if not _is_runner_name(fixturedef) or "event_loop_policy" not in fixturedef.argnames:
+    if not _is_runner_name(fixturedef):
         return None
     try:
-        policy = request.getfixturevalue("event_loop_policy")
+        policy = _current_policy()
         factory = getattr(policy, "_loop_factory", None)
         if not isinstance(factory, type):
             return None

@@ -844,8 +844,9 @@ def test_a_tests_loop_is_freed_when_the_test_ends(pytester: pytest.Pytester) -> 
 def test_a_runners_loop_is_born_of_the_shared_class(pytester: pytest.Pytester) -> None:
     # pytest-asyncio's runner makes its loop of the class that loopwatch would switch
     # it to when attached (switching the class of a loop that exists slows every call
-    # on it). The policy is put back after, and a policy that does not make its loops
-    # from a loop class makes them as before, switched when attached.
+    # on it). The policy is put back after; a policy that does not make its loops from
+    # a loop class, or one that a test suite's own event_loop_policy fixture gives,
+    # makes them as before, switched when attached.
     r = run(pytester, {"test_born": """
         import asyncio
 
@@ -864,9 +865,8 @@ def test_a_runners_loop_is_born_of_the_shared_class(pytester: pytest.Pytester) -
                 return loop
 
 
-        @pytest.fixture(scope="module")
-        def event_loop_policy():
-            return RecordingPolicy()
+        # (pytest-asyncio's event_loop_policy fixture gives the policy in effect)
+        asyncio.set_event_loop_policy(RecordingPolicy())
 
 
         async def test_born():
