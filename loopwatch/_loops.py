@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ._detectors.closed import hides
+from ._detectors.closed import hooks
 from ._exceptions import ConsoleError, NotWatchedError, OptionsError
 from ._options import Options, make_options
 from ._records import (
@@ -513,8 +513,8 @@ def _share_class(loop: Any, w: Watcher) -> bool:
         # Born of the shared class (the pytest plugin has pytest-asyncio's runner make
         # its loop so): only the watcher to set. Neither that nor the check reads
         # ``loop.__dict__``: the loop keeps its attributes in the fast storage that
-        # switching the class gives up (see ``hides``).
-        if hides(loop, cls, "close") or hides(loop, cls, "call_exception_handler"):
+        # switching the class gives up (see ``hooks``).
+        if not hooks(loop, ("close", "call_exception_handler")):
             return False
         loop._lw_watcher = w
         return True

@@ -101,20 +101,16 @@ def hooks(loop: Any, names: Iterable[str]) -> bool:
     hooked: frozenset[str] | None = cls.__dict__.get("_lw_hooked")
     if hooked is None:
         return False
-    for name in names:  # (no all() over a generator: a loop per test asks three times)
-        if name not in hooked or hides(loop, cls, name):
+    # Whether the loop's own attributes hide a method is asked by looking it up, not in
+    # ``loop.__dict__``: before 3.13, reading that moves the instance's attributes out
+    # of the fast storage the interpreter's specialized instructions read, for good,
+    # and every later call on a loop born of its shared class would pay. (No helper
+    # and no all() over a generator: a loop per test asks about seven names.)
+    for name in names:
+        if name not in hooked or \
+                getattr(getattr(loop, name, None), "__func__", None) is not getattr(cls, name):
             return False
     return True
-
-
-def hides(loop: Any, cls: type, name: str) -> bool:
-    """Whether the loop's own attributes hide the method ``name`` of its class ``cls``.
-
-    Asked without ``loop.__dict__``: before 3.13, reading that moves the instance's
-    attributes out of the fast storage the interpreter's specialized instructions read,
-    for good, and every later call on a loop born of its shared class would pay."""
-    found = getattr(loop, name, None)
-    return getattr(found, "__func__", None) is not getattr(cls, name, None)
 
 
 def own_attrs(loop: Any) -> dict[str, Any]:
