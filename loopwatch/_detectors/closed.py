@@ -105,7 +105,7 @@ def hooks(loop: Any, names: Iterable[str]) -> bool:
     # ``loop.__dict__``: before 3.13, reading that moves the instance's attributes out
     # of the fast storage the interpreter's specialized instructions read, for good,
     # and every later call on a loop born of its shared class would pay. (No helper
-    # and no all() over a generator: a loop per test asks about seven names.)
+    # and no all() over a generator: a loop per test asks about nine names.)
     for name in names:
         if name not in hooked or \
                 getattr(getattr(loop, name, None), "__func__", None) is not getattr(cls, name):
@@ -468,6 +468,17 @@ def _passes_through(loop: Any, name: str, value: Any) -> bool:
         value = getattr(value, "__wrapped__", None)
     return False
 
+
+def _call_ins_pass_through(loop: Any, own: dict[str, Any]) -> bool:
+    """Whether every call-in among the loop's own attributes ``own`` is loopwatch's
+    wrappers and nothing else: a call-in that something else wrapped would stop the walk
+    up from ``_check_closed`` at that wrapper, which would be taken for the caller."""
+    for name in CALL_INS:
+        if name in own and not _passes_through(loop, name, own[name]):
+            return False
+    return True
+
+
 POST_CLOSE_HINT = (
     "something outlived the loop (a thread, a timer, a callback, a finalizer): stop it "
     "before the loop closes (signal the thread and join it, cancel the timer, await the "
@@ -497,7 +508,7 @@ class PostCloseDetector(EventDetector):
         except TypeError:
             own = None
         checked = codes is not None and own is not None and "_check_closed" not in own and \
-            all(_passes_through(loop, name, own[name]) for name in CALL_INS if name in own)
+            _call_ins_pass_through(loop, own)
         patches = LoopPatches(loop)
         self._patches = patches
         if checked:
@@ -531,11 +542,8 @@ class PostCloseDetector(EventDetector):
         for name in closed.__dict__["_lw_methods"]:  # (isdisjoint(own) walks all of own)
             if name in own:
                 return False
-        for name in CALL_INS:
-            # A call-in wrapped by something else: the walk up from _check_closed would
-            # stop at that wrapper and take it for the caller.
-            if name in own and not _passes_through(loop, name, own[name]):
-                return False
+        if not _call_ins_pass_through(loop, own):
+            return False
         self.watcher.hook_post_close = self
         try:
             loop.__class__ = closed
