@@ -502,12 +502,23 @@ def _attach(loop: asyncio.AbstractEventLoop, options: Options) -> Watcher:
 _shared_class: Callable[[type], type | None] | None = None
 
 
+def shared_class_of(cls: type) -> type | None:
+    """The shared open class of loop class ``cls`` (``_detectors/shared.py``), or None.
+    The module is imported at the first call, not with loopwatch, and then kept: a loop
+    per test must not pay for an import."""
+    global _shared_class
+    if _shared_class is None:
+        from ._detectors.shared import shared_class
+
+        _shared_class = shared_class
+    return _shared_class(cls)
+
+
 def _share_class(loop: Any, w: Watcher) -> bool:
     """Switch the loop to its class's shared subclass (see ``_detectors/shared.py``),
     whose ``close`` and ``call_exception_handler`` tell ``w``; False when it has none.
     (Each detector checks its own methods when it is installed: one that the loop's own
     attributes hide gets wrappers on the loop instead.)"""
-    global _shared_class
     cls = type(loop)
     if "_lw_closed" in cls.__dict__:
         # Born of the shared class (the pytest plugin has pytest-asyncio's runner make
@@ -518,12 +529,7 @@ def _share_class(loop: Any, w: Watcher) -> bool:
             return False
         loop._lw_watcher = w
         return True
-    make: Any = _shared_class
-    if make is None:  # (imported once: a loop per test pays for an import)
-        from ._detectors.shared import shared_class as make
-
-        _shared_class = make
-    shared: Any = make(cls)
+    shared: Any = shared_class_of(cls)
     if shared is None:
         return False
     try:

@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 
 from ._exceptions import LoopLeakError, NotWatchedError, OptionsError
-from ._loops import _attach
+from ._loops import _attach, shared_class_of
 from ._options import Options, make_options
 from ._records import task_id
 from ._report import KINDS, Finding, Report
@@ -879,39 +879,30 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Gen
         None, Any, Any]:
     state = _session(request.config)
     ic = state.current if state is not None else None
-    if state is None or ic is None:
-        if state is None or state.quiet or state.mode == "off":
-            return (yield)
-        # Outside a watched test (a session fixture set up early): watch anyway.
-        undo = _runner_loop_born_shared(fixturedef)
-        try:
-            result = yield
-        finally:
-            if undo is not None:
-                undo()
-        if _is_runner(fixturedef, result):
-            state.adopt_runner(fixturedef, result)
-        return result
-    if not ic.anchored and request.node is ic.item:
-        # The first function-scoped fixture of the test: a finalizer added to the test
-        # now runs after every fixture of the test is torn down (and before anything of
-        # the module is). That is where the test is judged.
-        ic.anchored = True
-        ic.item.addfinalizer(ic.judge)
+    if state is None or (ic is None and (state.quiet or state.mode == "off")):
+        return (yield)
+    # (with no test current, a session fixture set up early: its runner is watched anyway)
     owner: object | None = None
     before: set[int] = set()
-    if fixturedef.scope != "function":
-        owner = object()
-        before = state.fixture_window(owner)
-        fixturedef.addfinalizer(lambda: state.release(owner))
-    if _is_async(getattr(fixturedef, "func", None)) and \
-            "anyio_backend" in request.fixturenames:
-        try:
-            backend = request.getfixturevalue("anyio_backend")
-        except Exception:
-            backend = None
-        if backend is not None:
-            state.anyio_lease(ic, backend)
+    if ic is not None:
+        if not ic.anchored and request.node is ic.item:
+            # The first function-scoped fixture of the test: a finalizer added to the
+            # test now runs after every fixture of the test is torn down (and before
+            # anything of the module is). That is where the test is judged.
+            ic.anchored = True
+            ic.item.addfinalizer(ic.judge)
+        if fixturedef.scope != "function":
+            owner = object()
+            before = state.fixture_window(owner)
+            fixturedef.addfinalizer(lambda: state.release(owner))
+        if _is_async(getattr(fixturedef, "func", None)) and \
+                "anyio_backend" in request.fixturenames:
+            try:
+                backend = request.getfixturevalue("anyio_backend")
+            except Exception:
+                backend = None
+            if backend is not None:
+                state.anyio_lease(ic, backend)
     undo = _runner_loop_born_shared(fixturedef)
     try:
         result = yield
@@ -953,8 +944,6 @@ def _is_runner(fixturedef: Any, value: Any) -> bool:
     return _is_runner_name(fixturedef) and callable(getattr(value, "get_loop", None))
 
 
-#: ``loopwatch._detectors.shared.shared_class``, once imported
-_shared_class: Any = None
 #: the event loop policy in effect (without 3.14's deprecation warning)
 _current_policy: Any = getattr(asyncio.events, "_get_event_loop_policy", None) or \
     asyncio.get_event_loop_policy
@@ -978,7 +967,6 @@ def _runner_loop_born_shared(fixturedef: Any) -> Any:
     (asyncio's own), for the time the fixture is set up. A loop factory given to
     pytest-asyncio, or another policy, makes its loop as before, which is then
     switched at attach."""
-    global _shared_class
     if not _is_runner_name(fixturedef):
         return None
     try:
@@ -986,12 +974,7 @@ def _runner_loop_born_shared(fixturedef: Any) -> Any:
         factory = getattr(policy, "_loop_factory", None)
         if not isinstance(factory, type):
             return None
-        make = _shared_class
-        if make is None:
-            from ._detectors.shared import shared_class as make
-
-            _shared_class = make
-        shared = make(factory)
+        shared = shared_class_of(factory)
         if shared is None:
             return None
         own = vars(policy)
